@@ -1,0 +1,64 @@
+//! The admin HTTP listener: liveness, readiness, metrics, the config in
+//! force. Bound to loopback unless configured otherwise: it is for the
+//! operator and the scraper, not for clients.
+
+use crate::app::App;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/config", get(config))
+        .with_state(app)
+}
+
+/// Ready while the store answers: a load balancer should send traffic to
+/// an instance whose decisions come from the shared store.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.metrics.store_up.get() == 1 {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The rules in force, their version and when they were loaded.
+async fn config(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let c = app.config.load();
+    let loaded = c
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Json(json!({
+        "version": c.version,
+        "loaded_at_unix": loaded,
+        "sources": c.sources,
+        "server": c.server,
+        "store": {
+            "kind": c.store.kind,
+            // URLs may carry a password; show only how many there are.
+            "nodes": c.store.urls.len(),
+            "timeout": humantime::format_duration(c.store.timeout).to_string(),
+            "on_error": c.store.on_error,
+        },
+        "rules": c.rules.rules,
+    }))
+}

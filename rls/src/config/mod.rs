@@ -1,0 +1,16 @@
+//! Configuration: the TOML a platform team writes, checked whole before a
+//! byte of it is used.
+//!
+//! `file` is the serde view of one file (spans kept for error lines),
+//! `validate` turns the views into the runtime [`Config`], `error` reports
+//! every problem as `file:line: field: what is wrong`.
+
+mod error;
+mod file;
+mod load;
+mod runtime;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{load, parse_str};
+pub use runtime::{Config, FailurePolicy, LogFormat, ServerConfig, StoreConfig, StoreKind};

@@ -1,0 +1,118 @@
+use crate::rules::RuleSet;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// The validated configuration. Cheap to share: the rules sit behind an
+/// `Arc` so a reload swaps one pointer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub rules: Arc<RuleSet>,
+    /// Content hash of the files, so `/config` and logs say which config
+    /// is in force.
+    pub version: String,
+    pub sources: Vec<PathBuf>,
+    pub loaded_at: SystemTime,
+}
+
+/// Listeners and process settings; these need a restart to change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerConfig {
+    pub grpc_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub log_format: LogFormat,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            log_format: LogFormat::Human,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Log line format: `human` for terminals, `json` for log pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Where counters live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// `redis://` or `rediss://` URL; for a cluster, several URLs.
+    pub urls: Vec<String>,
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// Longest wait for one Redis answer; the request path never waits
+    /// longer on the store.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    pub on_error: FailurePolicy,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Memory,
+            urls: vec![],
+            connect_timeout: Duration::from_millis(500),
+            timeout: Duration::from_millis(50),
+            on_error: FailurePolicy::FailClosed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// One process, no dependencies: the default.
+    Memory,
+    /// Shared by every instance; one Lua script per decision.
+    Redis,
+}
+
+/// What a rule answers when the store cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Allow: availability over exactness.
+    FailOpen,
+    /// Deny: the budget is never exceeded.
+    FailClosed,
+    /// Enforce in this instance's memory meanwhile.
+    Local,
+}
+
+impl FailurePolicy {
+    pub fn parse(s: &str) -> Option<FailurePolicy> {
+        match s {
+            "fail_open" => Some(FailurePolicy::FailOpen),
+            "fail_closed" => Some(FailurePolicy::FailClosed),
+            "local" => Some(FailurePolicy::Local),
+            _ => None,
+        }
+    }
+}
+
+/// Serializes durations as "50ms" in `/config`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}

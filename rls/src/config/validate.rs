@@ -1,0 +1,511 @@
+//! From serde views to the runtime config. Every check pushes an error and
+//! carries on, so one run reports all of them.
+
+use super::error::Source;
+use super::file::{FileView, LimitView, RuleView, ServerView, StoreView};
+use super::{
+    Config, ConfigError, ConfigErrors, FailurePolicy, LogFormat, ServerConfig, StoreConfig,
+    StoreKind,
+};
+use crate::rules::{Algorithm, EntryPattern, Limit, Period, Rule, RuleId, RuleSet};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use toml::Spanned;
+
+pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut server = None;
+    let mut store = None;
+    let mut rules = Vec::new();
+    for src in sources {
+        let view: FileView = match toml::from_str(src.text) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(src.from_toml(&e));
+                continue;
+            }
+        };
+        if let Some(s) = view.server {
+            if server.is_some() {
+                errors.push(src.error(s.span().start, "server", "[server] is set in two files"));
+            }
+            server = Some(server_config(src, s.into_inner(), &mut errors));
+        }
+        if let Some(s) = view.store {
+            if store.is_some() {
+                errors.push(src.error(s.span().start, "store", "[store] is set in two files"));
+            }
+            store = Some(store_config(src, s.into_inner(), &mut errors));
+        }
+        for (i, r) in view.rule.into_iter().enumerate() {
+            if let Some(rule) = rule(src, i, r, &mut errors) {
+                rules.push(rule);
+            }
+        }
+    }
+    check_names(&rules, &mut errors);
+    let rules = match RuleSet::new(rules.clone()) {
+        Ok(set) => set,
+        Err((first, second)) => {
+            let (a, b) = (&rules[first], &rules[second]);
+            errors.push(located(
+                &b.source,
+                "rule.match",
+                format!(
+                    "domain `{}` path `{}` is already limited by the rule at {}",
+                    b.domain,
+                    path_text(&b.pattern),
+                    a.source
+                ),
+            ));
+            RuleSet::default()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        server: server.unwrap_or_default(),
+        store: store.unwrap_or_default(),
+        rules: Arc::new(rules),
+        version: String::new(),
+        sources: Vec::new(),
+        loaded_at: SystemTime::now(),
+    })
+}
+
+fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> ServerConfig {
+    let mut c = ServerConfig::default();
+    if let Some(s) = v.grpc_listen {
+        parse_into(
+            src,
+            &s,
+            "server.grpc_listen",
+            errors,
+            &mut c.grpc_listen,
+            |t| {
+                t.parse()
+                    .map_err(|_| format!("`{t}` is not an address like 127.0.0.1:8081"))
+            },
+        );
+    }
+    if let Some(s) = v.admin_listen {
+        parse_into(
+            src,
+            &s,
+            "server.admin_listen",
+            errors,
+            &mut c.admin_listen,
+            |t| {
+                t.parse()
+                    .map_err(|_| format!("`{t}` is not an address like 127.0.0.1:9090"))
+            },
+        );
+    }
+    if let Some(s) = v.log_format {
+        parse_into(
+            src,
+            &s,
+            "server.log_format",
+            errors,
+            &mut c.log_format,
+            |t| match t {
+                "human" => Ok(LogFormat::Human),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("`{t}`: expected `human` or `json`")),
+            },
+        );
+    }
+    if let Some(s) = v.shutdown_grace {
+        parse_into(
+            src,
+            &s,
+            "server.shutdown_grace",
+            errors,
+            &mut c.shutdown_grace,
+            duration,
+        );
+    }
+    c
+}
+
+fn store_config(src: &Source, v: StoreView, errors: &mut Vec<ConfigError>) -> StoreConfig {
+    let mut c = StoreConfig::default();
+    let kind_at = v.kind.as_ref().map(|k| k.span().start).unwrap_or(0);
+    if let Some(s) = v.kind {
+        parse_into(src, &s, "store.kind", errors, &mut c.kind, |t| match t {
+            "memory" => Ok(StoreKind::Memory),
+            "redis" => Ok(StoreKind::Redis),
+            _ => Err(format!("`{t}`: expected `memory` or `redis`")),
+        });
+    }
+    if let Some(s) = v.url {
+        let urls: Vec<String> = s
+            .get_ref()
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .collect();
+        for u in &urls {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                errors.push(src.error(
+                    s.span().start,
+                    "store.url",
+                    format!("`{u}` must start with redis:// or rediss://"),
+                ));
+            }
+        }
+        c.urls = urls;
+    }
+    if let Some(s) = v.connect_timeout {
+        parse_into(
+            src,
+            &s,
+            "store.connect_timeout",
+            errors,
+            &mut c.connect_timeout,
+            duration,
+        );
+    }
+    if let Some(s) = v.timeout {
+        parse_into(src, &s, "store.timeout", errors, &mut c.timeout, duration);
+    }
+    if let Some(s) = v.on_error {
+        parse_into(
+            src,
+            &s,
+            "store.on_error",
+            errors,
+            &mut c.on_error,
+            failure_policy,
+        );
+    }
+    if c.kind == StoreKind::Redis && c.urls.is_empty() {
+        errors.push(src.error(kind_at, "store.url", "kind = \"redis\" needs a url"));
+    }
+    c
+}
+
+fn rule(
+    src: &Source,
+    index: usize,
+    view: Spanned<RuleView>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Rule> {
+    let at = view.span().start;
+    let v = view.into_inner();
+    let before = errors.len();
+    let field = |name: &str| format!("rule[{index}].{name}");
+
+    let domain = v.domain.get_ref().trim().to_string();
+    if domain.is_empty() {
+        errors.push(src.error(v.domain.span().start, field("domain"), "must not be empty"));
+    }
+    let mut pattern = Vec::new();
+    if v.path.get_ref().is_empty() {
+        errors.push(src.error(
+            v.path.span().start,
+            field("match"),
+            "needs at least one descriptor entry",
+        ));
+    }
+    for p in v.path.get_ref() {
+        match EntryPattern::parse(p) {
+            Ok(p) => pattern.push(p),
+            Err(e) => errors.push(src.error(v.path.span().start, field("match"), e)),
+        }
+    }
+    let mut algorithm = Algorithm::default();
+    if let Some(a) = &v.algorithm {
+        parse_into(
+            src,
+            a,
+            &field("algorithm"),
+            errors,
+            &mut algorithm,
+            algorithm_of,
+        );
+    }
+    let mut limits = Vec::new();
+    let mut push_limit = |lv: &LimitView, offset: usize, errors: &mut Vec<ConfigError>| {
+        let Some(period) = Period::parse(&lv.per) else {
+            errors.push(src.error(
+                offset,
+                field("limit.per"),
+                format!("`{}`: expected second, minute, hour or day", lv.per),
+            ));
+            return;
+        };
+        let algorithm = match lv.algorithm.as_deref().map(algorithm_of) {
+            None => algorithm,
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                errors.push(src.error(offset, field("limit.algorithm"), e));
+                return;
+            }
+        };
+        let limit = Limit {
+            amount: lv.requests,
+            period,
+            algorithm,
+        };
+        match limit.validate() {
+            Ok(()) => limits.push(limit),
+            Err(e) => errors.push(src.error(offset, field("limit.requests"), e)),
+        }
+    };
+    match (&v.limit, &v.limits) {
+        (Some(l), None) => push_limit(l.get_ref(), l.span().start, errors),
+        (None, Some(ls)) => {
+            for l in ls.get_ref() {
+                push_limit(l, ls.span().start, errors);
+            }
+        }
+        (Some(l), Some(_)) => errors.push(src.error(
+            l.span().start,
+            field("limit"),
+            "set `limit` or `limits`, not both",
+        )),
+        (None, None) => {}
+    }
+    if v.unlimited && !limits.is_empty() {
+        errors.push(src.error(at, field("unlimited"), "an unlimited rule takes no limit"));
+    }
+    if !v.unlimited && limits.is_empty() && errors.len() == before {
+        errors.push(src.error(
+            at,
+            field("limit"),
+            "missing: set `limit = { requests = N, per = \"minute\" }` or `unlimited = true`",
+        ));
+    }
+    let mut on_error = None;
+    if let Some(s) = &v.on_error {
+        let mut p = FailurePolicy::FailClosed;
+        if parse_into(src, s, &field("on_error"), errors, &mut p, failure_policy) {
+            on_error = Some(p);
+        }
+    }
+    let name = v.name.as_ref().map(|n| n.get_ref().trim().to_string());
+    if let Some(n) = &v.name {
+        if n.get_ref().trim().is_empty() {
+            errors.push(src.error(n.span().start, field("name"), "must not be empty"));
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let label = name
+        .clone()
+        .unwrap_or_else(|| format!("{domain}:{}", path_text(&pattern)));
+    Some(Rule {
+        id: RuleId::new(&domain, &pattern),
+        label,
+        name,
+        domain,
+        pattern,
+        limits,
+        unlimited: v.unlimited,
+        shadow: v.shadow,
+        detailed_metric: v.detailed_metric,
+        replaces: v.replaces,
+        on_error,
+        source: format!("{}:{}", src.name, src.line_of(at)),
+    })
+}
+
+/// Names are what `replaces` and metrics refer to: they must be unique and
+/// every replaced name must exist.
+fn check_names(rules: &[Rule], errors: &mut Vec<ConfigError>) {
+    let mut seen = HashSet::new();
+    for r in rules {
+        if let Some(n) = &r.name {
+            if !seen.insert(n.as_str()) {
+                errors.push(located(
+                    &r.source,
+                    "rule.name",
+                    format!("`{n}` names two rules"),
+                ));
+            }
+        }
+    }
+    for r in rules {
+        for n in &r.replaces {
+            if !seen.contains(n.as_str()) {
+                errors.push(located(
+                    &r.source,
+                    "rule.replaces",
+                    format!("no rule is named `{n}`"),
+                ));
+            }
+        }
+    }
+}
+
+fn located(source: &str, field: &str, message: String) -> ConfigError {
+    let (file, line) = source.rsplit_once(':').unwrap_or((source, "0"));
+    ConfigError {
+        file: file.to_string(),
+        line: line.parse().unwrap_or(0),
+        field: field.to_string(),
+        message,
+    }
+}
+
+fn path_text(pattern: &[EntryPattern]) -> String {
+    pattern
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Parses a spanned string into `out`; on failure records a located error.
+/// Returns whether it parsed.
+fn parse_into<T>(
+    src: &Source,
+    value: &Spanned<String>,
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+    out: &mut T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> bool {
+    match parse(value.get_ref().trim()) {
+        Ok(v) => {
+            *out = v;
+            true
+        }
+        Err(e) => {
+            errors.push(src.error(value.span().start, field, e));
+            false
+        }
+    }
+}
+
+fn duration(t: &str) -> Result<Duration, String> {
+    humantime::parse_duration(t).map_err(|e| format!("`{t}`: {e} (write e.g. \"50ms\", \"5s\")"))
+}
+
+fn failure_policy(t: &str) -> Result<FailurePolicy, String> {
+    FailurePolicy::parse(t)
+        .ok_or_else(|| format!("`{t}`: expected fail_open, fail_closed or local"))
+}
+
+fn algorithm_of(t: &str) -> Result<Algorithm, String> {
+    Algorithm::parse(t).ok_or_else(|| format!("`{t}`: expected fixed_window or token_bucket"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse_str, StoreKind};
+    use crate::rules::{Algorithm, Period};
+
+    fn errors(text: &str) -> Vec<String> {
+        parse_str("t.toml", text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_minimal_file_gives_the_defaults() {
+        let c = parse_str("t.toml", "").unwrap();
+        assert_eq!(c.server.grpc_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.store.kind, StoreKind::Memory);
+        assert!(c.rules.rules.is_empty());
+        assert_eq!(c.version.len(), 12);
+    }
+
+    #[test]
+    fn a_rule_with_several_limits() {
+        let c = parse_str(
+            "t.toml",
+            r#"
+[[rule]]
+domain = "edge"
+match = ["tenant=acme", "path=/v1/*"]
+limits = [{ requests = 10, per = "second" }, { requests = 1000, per = "day", algorithm = "token_bucket" }]
+name = "acme"
+"#,
+        )
+        .unwrap();
+        let r = &c.rules.rules[0];
+        assert_eq!(r.limits.len(), 2);
+        assert_eq!(r.limits[0].period, Period::Second);
+        assert_eq!(r.limits[1].algorithm, Algorithm::TokenBucket);
+        assert_eq!(r.label, "acme");
+        assert_eq!(r.source, "t.toml:2");
+    }
+
+    #[test]
+    fn a_typo_is_an_unknown_field_with_its_line() {
+        let e = errors("[[rule]]\ndomain = \"d\"\nmatch = [\"k\"]\nlimt = { requests = 1, per = \"second\" }\n");
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("t.toml:4: rule.limt: unknown field `limt`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_with_file_line_and_field() {
+        let e = errors(
+            r#"[store]
+kind = "redis"
+timeout = "fast"
+
+[[rule]]
+domain = ""
+match = ["k"]
+limit = { requests = 5, per = "fortnight" }
+
+[[rule]]
+domain = "d"
+match = ["k"]
+"#,
+        );
+        let want = [
+            "t.toml:2: store.url: kind = \"redis\" needs a url",
+            "t.toml:3: store.timeout: `fast`",
+            "t.toml:6: rule[0].domain: must not be empty",
+            "t.toml:8: rule[0].limit.per: `fortnight`",
+            "t.toml:10: rule[1].limit: missing",
+        ];
+        for w in want {
+            assert!(e.iter().any(|l| l.starts_with(w)), "no `{w}` in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn duplicate_paths_and_unknown_replaces_are_refused() {
+        let e = errors(
+            r#"[[rule]]
+domain = "d"
+match = ["k"]
+limit = { requests = 1, per = "second" }
+replaces = ["nope"]
+
+[[rule]]
+domain = "d"
+match = ["k"]
+limit = { requests = 2, per = "second" }
+"#,
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("t.toml:1: rule.replaces: no rule is named `nope`")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|l| l.starts_with("t.toml:7: rule.match: domain `d` path `k` is already limited by the rule at t.toml:1")), "{e:?}");
+    }
+
+    #[test]
+    fn broken_toml_names_the_line() {
+        let e = errors("[server]\ngrpc_listen = \"127.0.0.1:1\"\nadmin_listen = 9090\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("t.toml:3: server.admin_listen:"), "{e:?}");
+    }
+}

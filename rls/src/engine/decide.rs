@@ -1,0 +1,313 @@
+use super::check::{Check, Code, Decision, DescriptorResult, MatchedLimit};
+use super::keys::counter_base;
+use super::Clock;
+use crate::config::FailurePolicy;
+use crate::metrics::{HitOutcome, Metrics};
+use crate::rules::{Limit, Rule, RuleSet, MAX_COST};
+use crate::store::{Hit, HitState, MemoryStore, Store, StoreError, TakeOutcome};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Decides checks against a store. Cheap to clone; shared by every front
+/// end (RLS, ext_proc, HTTP), so they take from the same counters.
+#[derive(Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    /// Used for rules whose `on_error = "local"` while the store fails.
+    local: Arc<MemoryStore>,
+    /// Fraction of each limit a `local` rule enforces in this instance.
+    local_share: f64,
+    default_policy: FailurePolicy,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+/// The hits of one check, with, at the same index, what each belongs to.
+#[derive(Default)]
+struct Plan<'r> {
+    hits: Vec<Hit>,
+    owners: Vec<Owner<'r>>,
+}
+
+#[derive(Clone, Copy)]
+struct Owner<'r> {
+    descriptor: usize,
+    rule: &'r Rule,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Engine {
+        Engine {
+            store,
+            local: Arc::new(MemoryStore::new()),
+            local_share: 1.0,
+            default_policy: FailurePolicy::FailClosed,
+            clock: Clock::System,
+            metrics,
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Engine {
+        self.clock = clock;
+        self
+    }
+
+    pub fn with_failure_policy(mut self, policy: FailurePolicy, local_share: f64) -> Engine {
+        self.default_policy = policy;
+        self.local_share = local_share;
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The in-memory counters that stand in for the store under `local`.
+    pub fn local_store(&self) -> &Arc<MemoryStore> {
+        &self.local
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Finds each descriptor's rule, takes every limit of every matched rule
+    /// in one all-or-nothing step, and says what each descriptor met.
+    pub async fn decide(&self, rules: &RuleSet, check: &Check) -> Decision {
+        let now = self.clock.now_ms();
+        let (takes, gives) = self.plan(rules, check);
+
+        let mut given = Vec::new();
+        if !gives.hits.is_empty() {
+            match self
+                .timed("give_back", self.store.give_back(&gives.hits, now))
+                .await
+            {
+                Ok(states) => given = states,
+                // A lost refund only leaves a counter higher than it should
+                // be until its window ends; answer OK and say so in the log.
+                Err(e) => tracing::warn!(error = %e, "refund (negative hits) not applied"),
+            }
+        }
+        let mut taken = TakeOutcome {
+            admitted: true,
+            hits: vec![],
+        };
+        if !takes.hits.is_empty() {
+            taken = match self.timed("take", self.store.take(&takes.hits, now)).await {
+                Ok(o) => o,
+                Err(e) => self.on_store_error(&takes, e, now).await,
+            };
+        }
+        for ((hit, owner), state) in takes.hits.iter().zip(&takes.owners).zip(&taken.hits) {
+            self.count(check, hit, *owner, state);
+        }
+        let mut results = empty_results(check);
+        for (plan, states) in [(&takes, &taken.hits), (&gives, &given)] {
+            for ((hit, owner), state) in plan.hits.iter().zip(&plan.owners).zip(states) {
+                report(&mut results[owner.descriptor], hit, owner.rule, state);
+            }
+        }
+        Decision {
+            code: if taken.admitted {
+                Code::Ok
+            } else {
+                Code::OverLimit
+            },
+            descriptors: results,
+        }
+    }
+
+    /// Matches rules, applies `replaces`, and builds the hits to take and to
+    /// give back.
+    fn plan<'r>(&self, rules: &'r RuleSet, check: &Check) -> (Plan<'r>, Plan<'r>) {
+        let matched: Vec<Option<&Rule>> = check
+            .descriptors
+            .iter()
+            .map(|d| {
+                let entries = d.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                rules
+                    .tree
+                    .lookup(&check.domain, entries)
+                    .and_then(|i| rules.get(i))
+            })
+            .collect();
+        let replaced: HashSet<&str> = matched
+            .iter()
+            .flatten()
+            .flat_map(|r| r.replaces.iter().map(String::as_str))
+            .collect();
+        let mut takes = Plan::default();
+        let mut gives = Plan::default();
+        for (i, (d, rule)) in check.descriptors.iter().zip(matched).enumerate() {
+            let Some(rule) = rule else { continue };
+            if rule.unlimited || rule.name.as_deref().is_some_and(|n| replaced.contains(n)) {
+                continue;
+            }
+            let cost = d.hits.unwrap_or(check.hits.max(1)).min(MAX_COST);
+            let plan = if d.negative { &mut gives } else { &mut takes };
+            for limit in &rule.limits {
+                plan.hits.push(Hit {
+                    key: counter_base(rule, limit, &d.entries),
+                    limit: *limit,
+                    cost,
+                    enforce: !rule.shadow,
+                });
+                plan.owners.push(Owner {
+                    descriptor: i,
+                    rule,
+                });
+            }
+        }
+        (takes, gives)
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        let kind = self.store.kind();
+        self.metrics
+            .store_call(kind, op, started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => self.metrics.store_up.set(1),
+            Err(e) => {
+                self.metrics.store_error(kind, e.kind());
+                if e.is_transient() {
+                    self.metrics.store_up.set(0);
+                }
+            }
+        }
+        result
+    }
+
+    /// Answers a batch the store could not: each hit by its rule's
+    /// `on_error` policy. `local` hits are taken from this instance's memory
+    /// at the rule's share of the limit.
+    async fn on_store_error(&self, takes: &Plan<'_>, error: StoreError, now: u64) -> TakeOutcome {
+        tracing::warn!(error = %error, store = self.store.kind(), "store failed; answering by on_error policy");
+        let policy_of = |o: &Owner| o.rule.on_error.unwrap_or(self.default_policy);
+        let local: Vec<Hit> = takes
+            .hits
+            .iter()
+            .zip(&takes.owners)
+            .filter(|(_, o)| policy_of(o) == FailurePolicy::Local)
+            .map(|(h, _)| Hit {
+                limit: Limit {
+                    amount: ((h.limit.amount as f64 * self.local_share).ceil() as u64).max(1),
+                    ..h.limit
+                },
+                ..h.clone()
+            })
+            .collect();
+        let mut local_states = match self.local.take(&local, now).await {
+            Ok(o) => o.hits.into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        let mut admitted = true;
+        let hits = takes
+            .hits
+            .iter()
+            .zip(&takes.owners)
+            .map(|(hit, owner)| {
+                let policy = policy_of(owner);
+                self.metrics.failure_answer(match policy {
+                    FailurePolicy::FailOpen => "fail_open",
+                    FailurePolicy::FailClosed => "fail_closed",
+                    FailurePolicy::Local => "local",
+                });
+                let period = hit.limit.period.millis();
+                let state = match policy {
+                    FailurePolicy::Local => local_states.next(),
+                    _ => None,
+                };
+                let state = state.unwrap_or(HitState {
+                    over: policy != FailurePolicy::FailOpen,
+                    remaining: 0,
+                    reset_after_ms: period,
+                    retry_after_ms: 1_000,
+                });
+                if state.over && hit.enforce {
+                    admitted = false;
+                }
+                state
+            })
+            .collect();
+        TakeOutcome { admitted, hits }
+    }
+
+    fn count(&self, check: &Check, hit: &Hit, owner: Owner, st: &HitState) {
+        let outcome = if st.over {
+            HitOutcome::Over {
+                shadow: owner.rule.shadow,
+            }
+        } else {
+            // Past 80% of the limit after this hit, as envoyproxy/ratelimit.
+            HitOutcome::Within {
+                near: st.remaining * 5 < hit.limit.amount,
+            }
+        };
+        let detail = owner
+            .rule
+            .detailed_metric
+            .then(|| detail_values(&check.descriptors[owner.descriptor].entries));
+        self.metrics.rule_hit(
+            &check.domain,
+            &owner.rule.label,
+            detail.as_deref(),
+            hit.cost,
+            outcome,
+        );
+    }
+}
+
+/// One result per descriptor: OK and no limit until a hit says otherwise.
+fn empty_results(check: &Check) -> Vec<DescriptorResult> {
+    check
+        .descriptors
+        .iter()
+        .map(|_| DescriptorResult {
+            code: Code::Ok,
+            limit: None,
+            remaining: u64::from(u32::MAX),
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+        })
+        .collect()
+}
+
+/// Folds one hit's state into its descriptor's result: the limit that
+/// denied is reported, else the one with the least left.
+fn report(r: &mut DescriptorResult, hit: &Hit, rule: &Rule, st: &HitState) {
+    let denies = st.over && hit.enforce;
+    let better = match (&r.limit, denies, r.code) {
+        (None, _, _) => true,
+        (Some(_), true, Code::Ok) => true,
+        (Some(_), false, Code::OverLimit) => false,
+        (Some(_), _, _) => st.remaining < r.remaining,
+    };
+    if denies {
+        r.code = Code::OverLimit;
+        r.retry_after = r.retry_after.max(Duration::from_millis(st.retry_after_ms));
+    }
+    if better {
+        r.limit = Some(MatchedLimit {
+            limit: hit.limit,
+            rule: rule.label.clone(),
+        });
+        r.remaining = st.remaining;
+        r.reset_after = Duration::from_millis(st.reset_after_ms);
+    }
+}
+
+fn detail_values(entries: &[(String, String)]) -> String {
+    entries
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

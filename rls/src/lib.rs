@@ -1,0 +1,29 @@
+//! tollgate: rate limits and LLM token budgets for Envoy.
+//!
+//! The path of one rate limit request:
+//!
+//! ```text
+//! service::ratelimit   proto -> `engine::Check`, answer -> proto
+//!        |
+//! engine::Engine       find each descriptor's rule (rules::RuleTree), build
+//!        |             the hits, ask the store, turn states into a Decision
+//! store::Store         memory (sharded maps) or redis (one Lua script):
+//!                      take every hit or none
+//! ```
+//!
+//! Beside it: `config` (TOML -> validated `Config`), `admin` (HTTP:
+//! health, readiness, metrics, config), `metrics` (Prometheus families),
+//! `server` (wires listeners and shutdown). Data flows one way:
+//! service -> engine -> store; the engine never sees a proto type and a store
+//! never sees a rule.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod rules;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -1,0 +1,273 @@
+//! Prometheus families. Labels carry names from the config (domain, rule,
+//! model, quota) or closed sets (code, store, kind), never request data, so
+//! the number of series is bounded by the config. The one exception is a
+//! rule with `detailed_metric = true`, which an operator turns on
+//! deliberately; its descriptor values are capped per rule.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+/// Most distinct descriptor values one detailed rule reports; the rest are
+/// counted under `<rule>|_other`.
+pub const DETAILED_VALUES_PER_RULE: usize = 100;
+
+/// How one hit of a rule ended, for the per-rule counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitOutcome {
+    Within { near: bool },
+    Over { shadow: bool },
+}
+
+/// Every metric tollgate exports.
+pub struct Metrics {
+    registry: Registry,
+    rule_total_hits: IntCounterVec,
+    rule_over_limit: IntCounterVec,
+    rule_near_limit: IntCounterVec,
+    rule_within_limit: IntCounterVec,
+    rule_shadow_mode: IntCounterVec,
+    decisions: IntCounterVec,
+    store_latency: HistogramVec,
+    store_errors: IntCounterVec,
+    failure_answers: IntCounterVec,
+    pub store_up: IntGauge,
+    config_info: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+impl Metrics {
+    /// Registers every family into `registry`. Panics only on a duplicate
+    /// name, a programming error caught by any test.
+    pub fn new(registry: Registry) -> Metrics {
+        let r = &registry;
+        let rule = &["domain", "rule"];
+        let store_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_store_latency_seconds",
+                "Time for one store call (one Lua round trip for redis).",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25,
+            ]),
+            &["store", "op"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(store_latency.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store_up = IntGauge::new(
+            "tollgate_store_up",
+            "1 while the store answers, 0 while it fails.",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(store_up.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        store_up.set(1);
+        let config_info = IntGaugeVec::new(
+            Opts::new("tollgate_config_info", "1 for the config version in force."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(config_info.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Metrics {
+            rule_total_hits: counter(
+                r,
+                "tollgate_rule_total_hits_total",
+                "Hits asked of a rule.",
+                rule,
+            ),
+            rule_over_limit: counter(
+                r,
+                "tollgate_rule_over_limit_total",
+                "Hits over a rule's limit.",
+                rule,
+            ),
+            rule_near_limit: counter(
+                r,
+                "tollgate_rule_near_limit_total",
+                "Hits within the limit but past 80% of it.",
+                rule,
+            ),
+            rule_within_limit: counter(
+                r,
+                "tollgate_rule_within_limit_total",
+                "Hits within a rule's limit.",
+                rule,
+            ),
+            rule_shadow_mode: counter(
+                r,
+                "tollgate_rule_shadow_mode_total",
+                "Hits over a shadow rule's limit (allowed).",
+                rule,
+            ),
+            decisions: counter(
+                r,
+                "tollgate_decisions_total",
+                "Answers given, by front end and code.",
+                &["service", "code"],
+            ),
+            store_errors: counter(
+                r,
+                "tollgate_store_errors_total",
+                "Store calls that failed.",
+                &["store", "kind"],
+            ),
+            failure_answers: counter(
+                r,
+                "tollgate_store_failure_answers_total",
+                "Hits answered by a rule's on_error policy.",
+                &["policy"],
+            ),
+            config_reloads: counter(
+                r,
+                "tollgate_config_reloads_total",
+                "Config loads, by result.",
+                &["result"],
+            ),
+            store_latency,
+            store_up,
+            config_info,
+            detailed_seen: Mutex::new(HashMap::new()),
+            registry,
+        }
+    }
+
+    /// The text exposition for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts one hit of a rule. `detail` is the descriptor's values for a
+    /// rule with `detailed_metric`, else `None`.
+    pub fn rule_hit(
+        &self,
+        domain: &str,
+        rule: &str,
+        detail: Option<&str>,
+        cost: u64,
+        outcome: HitOutcome,
+    ) {
+        let label;
+        let rule = match detail {
+            Some(values) => {
+                label = self.detailed_label(rule, values);
+                label.as_str()
+            }
+            None => rule,
+        };
+        let labels = &[domain, rule];
+        self.rule_total_hits.with_label_values(labels).inc_by(cost);
+        match outcome {
+            HitOutcome::Within { near } => {
+                self.rule_within_limit
+                    .with_label_values(labels)
+                    .inc_by(cost);
+                if near {
+                    self.rule_near_limit.with_label_values(labels).inc_by(cost);
+                }
+            }
+            HitOutcome::Over { shadow } => {
+                self.rule_over_limit.with_label_values(labels).inc_by(cost);
+                if shadow {
+                    self.rule_shadow_mode.with_label_values(labels).inc_by(cost);
+                }
+            }
+        }
+    }
+
+    fn detailed_label(&self, rule: &str, values: &str) -> String {
+        let mut seen = self.detailed_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let set = seen.entry(rule.to_string()).or_default();
+        if set.contains(values) || set.len() < DETAILED_VALUES_PER_RULE {
+            set.insert(values.to_string());
+            format!("{rule}|{values}")
+        } else {
+            format!("{rule}|_other")
+        }
+    }
+
+    /// Counts an answer; `service` is `rls`, `ext_proc` or `http`.
+    pub fn decision(&self, service: &str, over_limit: bool) {
+        let code = if over_limit { "over_limit" } else { "ok" };
+        self.decisions.with_label_values(&[service, code]).inc();
+    }
+
+    pub fn store_call(&self, store: &str, op: &str, seconds: f64) {
+        self.store_latency
+            .with_label_values(&[store, op])
+            .observe(seconds);
+    }
+
+    pub fn store_error(&self, store: &str, kind: &str) {
+        self.store_errors.with_label_values(&[store, kind]).inc();
+    }
+
+    pub fn failure_answer(&self, policy: &str) {
+        self.failure_answers.with_label_values(&[policy]).inc();
+    }
+
+    /// Marks `version` as the config in force.
+    pub fn config_loaded(&self, version: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[version]).set(1);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(Registry::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_counters_appear_in_the_text() {
+        let m = Metrics::default();
+        m.rule_hit("edge", "r1", None, 3, HitOutcome::Within { near: true });
+        m.rule_hit("edge", "r1", None, 2, HitOutcome::Over { shadow: true });
+        let text = m.render();
+        assert!(text.contains("tollgate_rule_total_hits_total{domain=\"edge\",rule=\"r1\"} 5"));
+        assert!(text.contains("tollgate_rule_near_limit_total{domain=\"edge\",rule=\"r1\"} 3"));
+        assert!(text.contains("tollgate_rule_shadow_mode_total{domain=\"edge\",rule=\"r1\"} 2"));
+    }
+
+    #[test]
+    fn detailed_labels_are_capped() {
+        let m = Metrics::default();
+        for i in 0..(DETAILED_VALUES_PER_RULE + 50) {
+            let v = format!("user{i}");
+            m.rule_hit("d", "r", Some(&v), 1, HitOutcome::Within { near: false });
+        }
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("tollgate_rule_total_hits_total{"))
+            .count();
+        assert_eq!(series, DETAILED_VALUES_PER_RULE + 1);
+        assert!(text.contains("rule=\"r|_other\"} 50"));
+    }
+}

@@ -1,0 +1,154 @@
+use serde::Serialize;
+use std::time::Duration;
+
+/// Costs above this are clamped before they reach a store: it keeps every
+/// counter and scaled bucket level exact in a Lua number (a double).
+pub const MAX_COST: u64 = 1 << 40;
+
+/// The unit a limit counts per. Windows are aligned to the Unix epoch (UTC),
+/// as envoyproxy/ratelimit aligns them, so all instances agree on boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Period {
+    /// Length of one period in milliseconds.
+    pub fn millis(self) -> u64 {
+        match self {
+            Period::Second => 1_000,
+            Period::Minute => 60_000,
+            Period::Hour => 3_600_000,
+            Period::Day => 86_400_000,
+        }
+    }
+
+    /// Time resolution of token-bucket refill. Milliseconds for short
+    /// periods, seconds for long ones, so `limit * ticks_per_period` stays
+    /// below 2^53 for any realistic limit (see `Limit::validate`).
+    pub fn tick_millis(self) -> u64 {
+        match self {
+            Period::Second | Period::Minute => 1,
+            Period::Hour | Period::Day => 1_000,
+        }
+    }
+
+    /// Number of refill ticks in one period.
+    pub fn ticks(self) -> u64 {
+        self.millis() / self.tick_millis()
+    }
+
+    pub fn duration(self) -> Duration {
+        Duration::from_millis(self.millis())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Second => "second",
+            Period::Minute => "minute",
+            Period::Hour => "hour",
+            Period::Day => "day",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Period> {
+        match s {
+            "second" | "s" => Some(Period::Second),
+            "minute" | "m" => Some(Period::Minute),
+            "hour" | "h" => Some(Period::Hour),
+            "day" | "d" => Some(Period::Day),
+            _ => None,
+        }
+    }
+}
+
+/// How a limit spends and regains capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Epoch-aligned windows that reset at once (envoyproxy/ratelimit).
+    #[default]
+    FixedWindow,
+    /// Continuous refill of `amount` per period; no burst at a boundary
+    /// (how providers enforce tokens per minute).
+    TokenBucket,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::TokenBucket => "token_bucket",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        match s {
+            "fixed_window" => Some(Algorithm::FixedWindow),
+            "token_bucket" => Some(Algorithm::TokenBucket),
+            _ => None,
+        }
+    }
+}
+
+/// One limit of a rule: `amount` per `period`, spent by `algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Limit {
+    pub amount: u64,
+    pub period: Period,
+    pub algorithm: Algorithm,
+}
+
+impl Limit {
+    /// The largest amount whose scaled bucket level stays exact in a double.
+    pub fn max_amount(period: Period) -> u64 {
+        (1u64 << 53) / period.ticks()
+    }
+
+    /// Why this limit cannot be enforced exactly, if it cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.amount == 0 {
+            return Err("must be at least 1 (use `unlimited = true` for no limit)".into());
+        }
+        let max = Limit::max_amount(self.period);
+        if self.amount > max {
+            return Err(format!(
+                "{} per {} is too large; at most {max}",
+                self.amount,
+                self.period.as_str()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_divide_periods_exactly() {
+        for p in [Period::Second, Period::Minute, Period::Hour, Period::Day] {
+            assert_eq!(p.millis() % p.tick_millis(), 0);
+            assert!(Limit::max_amount(p) >= 100_000_000_000, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn zero_and_huge_limits_are_refused() {
+        let mut l = Limit {
+            amount: 0,
+            period: Period::Minute,
+            algorithm: Algorithm::FixedWindow,
+        };
+        assert!(l.validate().is_err());
+        l.amount = Limit::max_amount(Period::Minute) + 1;
+        assert!(l.validate().is_err());
+        l.amount = 10;
+        assert!(l.validate().is_ok());
+    }
+}

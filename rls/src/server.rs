@@ -1,0 +1,167 @@
+//! Wiring: build the store and engine, bind both listeners, serve until a
+//! signal, then drain within the grace period.
+
+use crate::admin;
+use crate::app::App;
+use crate::config::{Config, StoreKind};
+use crate::engine::{Clock, Engine};
+use crate::metrics::Metrics;
+use crate::service::RateLimitGrpc;
+use crate::store::{MemoryStore, RedisStore, Store};
+use anyhow::Context;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+/// Options that come from the command line, not the config file.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Where to write `{"grpc": ..., "admin": ...}` once both listeners are
+    /// bound (tests and supervisors use it to learn `:0` ports).
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Runs tollgate until SIGINT or SIGTERM.
+pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let (store, memory) = build_store(&config).await?;
+    let engine =
+        Engine::new(store.clone(), metrics.clone()).with_failure_policy(config.store.on_error, 1.0);
+    let server = config.server.clone();
+    let app = App::new(config, engine.clone(), metrics);
+    let mut sweep = vec![engine.local_store().clone()];
+    sweep.extend(memory);
+    spawn_sweeper(sweep);
+
+    let grpc = TcpListener::bind(server.grpc_listen)
+        .await
+        .with_context(|| format!("cannot bind grpc_listen {}", server.grpc_listen))?;
+    let admin = TcpListener::bind(server.admin_listen)
+        .await
+        .with_context(|| format!("cannot bind admin_listen {}", server.admin_listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    tracing::info!(%grpc_addr, %admin_addr, version = %app.config.load().version, "tollgate listening");
+    if let Some(path) = &options.ready_file {
+        write_ready_file(path, grpc_addr, admin_addr)?;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RateLimitServiceServer<RateLimitGrpc>>()
+        .await;
+
+    let incoming = TcpListenerStream::new(grpc).map(|conn| {
+        // Envoy sends small messages on long-lived HTTP/2 connections;
+        // Nagle would add up to 40 ms to each.
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(app.clone())))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+    );
+    let admin_task = tokio::spawn(
+        axum::serve(admin, admin::router(app.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+
+    shutdown_signal().await;
+    tracing::info!(grace = ?server.shutdown_grace, "shutting down: no new connections, draining");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(server.shutdown_grace, async {
+        let _ = grpc_task.await;
+        let _ = admin_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; exiting with requests in flight");
+    }
+    Ok(())
+}
+
+/// The configured store, and the same store as a `MemoryStore` when it is
+/// one (the sweeper needs the concrete type).
+async fn build_store(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<MemoryStore>>)> {
+    Ok(match config.store.kind {
+        StoreKind::Memory => {
+            let memory = Arc::new(MemoryStore::new());
+            (memory.clone(), Some(memory))
+        }
+        StoreKind::Redis => {
+            let url = config.store.urls.first().context("store.url is empty")?;
+            let store =
+                RedisStore::connect(url, config.store.connect_timeout, config.store.timeout)
+                    .await
+                    .context("cannot connect to redis")?;
+            (Arc::new(store), None)
+        }
+    })
+}
+
+/// Drops expired counters from the in-memory maps once a second.
+fn spawn_sweeper(stores: Vec<Arc<MemoryStore>>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let now = Clock::System.now_ms();
+            for store in &stores {
+                store.sweep(now);
+            }
+        }
+    });
+}
+
+fn write_ready_file(path: &PathBuf, grpc: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "grpc": grpc.to_string(), "admin": admin.to_string() });
+    // Write then rename, so a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

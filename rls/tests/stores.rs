@@ -1,0 +1,271 @@
+//! One suite, every store: the memory store and a real `redis-server` must
+//! give identical answers for the same calls at the same (manual) times.
+
+use proptest::prelude::*;
+use std::sync::Arc;
+use tollgate::rules::{Algorithm, Limit, Period};
+use tollgate::store::{Hit, MemoryStore, RedisStore, Store};
+use tollgate_testkit::RedisServer;
+
+const T0: u64 = 1_800_000_000_000; // a whole day boundary, in ms
+
+/// A store under test, holding the server it talks to alive.
+struct Subject {
+    store: Arc<dyn Store>,
+    _redis: Option<RedisServer>,
+}
+
+async fn memory() -> Subject {
+    Subject {
+        store: Arc::new(MemoryStore::new()),
+        _redis: None,
+    }
+}
+
+async fn redis() -> Subject {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(
+        &server.url(),
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .expect("connect to the test redis-server");
+    Subject {
+        store: Arc::new(store),
+        _redis: Some(server),
+    }
+}
+
+/// Runs a test body against each store.
+macro_rules! for_each_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $( #[tokio::test] async fn $name() { super::$name(super::memory().await.store.as_ref()).await } )*
+        }
+        mod redis_store {
+            $( #[tokio::test] async fn $name() { let s = super::redis().await; super::$name(s.store.as_ref()).await } )*
+        }
+    };
+}
+
+for_each_store!(
+    window_takes_exactly_the_limit,
+    a_denied_batch_takes_nothing,
+    shadow_hits_never_deny,
+    hits_in_one_batch_see_each_other,
+    bucket_refills_and_reports_retry,
+    give_back_restores_capacity,
+    windows_reset_on_the_boundary,
+);
+
+fn hit(key: &str, amount: u64, period: Period, algorithm: Algorithm, cost: u64) -> Hit {
+    Hit {
+        key: format!("tg:{{test}}:{key}"),
+        limit: Limit {
+            amount,
+            period,
+            algorithm,
+        },
+        cost,
+        enforce: true,
+    }
+}
+
+async fn window_takes_exactly_the_limit(store: &dyn Store) {
+    let h = hit("w", 3, Period::Minute, Algorithm::FixedWindow, 1);
+    for left in [2, 1, 0] {
+        let o = store.take(&[h.clone()], T0 + 5_000).await.unwrap();
+        assert!(o.admitted);
+        assert_eq!(o.hits[0].remaining, left);
+        assert_eq!(o.hits[0].reset_after_ms, 55_000);
+    }
+    let o = store.take(&[h], T0 + 5_000).await.unwrap();
+    assert!(!o.admitted);
+    assert!(o.hits[0].over);
+}
+
+async fn a_denied_batch_takes_nothing(store: &dyn Store) {
+    let roomy = hit("roomy", 100, Period::Minute, Algorithm::FixedWindow, 10);
+    let tight = hit("tight", 5, Period::Minute, Algorithm::TokenBucket, 10);
+    let o = store
+        .take(&[roomy.clone(), tight.clone()], T0)
+        .await
+        .unwrap();
+    assert!(!o.admitted);
+    assert!(!o.hits[0].over);
+    assert!(o.hits[1].over);
+    // The roomy counter was not touched: checking with cost 0 shows 100 left.
+    let check = Hit { cost: 0, ..roomy };
+    let o = store.take(&[check], T0).await.unwrap();
+    assert_eq!(o.hits[0].remaining, 100);
+}
+
+async fn shadow_hits_never_deny(store: &dyn Store) {
+    let shadow = Hit {
+        enforce: false,
+        ..hit("shadow", 1, Period::Minute, Algorithm::FixedWindow, 1)
+    };
+    let real = hit("real", 10, Period::Minute, Algorithm::FixedWindow, 1);
+    for i in 0..3 {
+        let o = store
+            .take(&[shadow.clone(), real.clone()], T0)
+            .await
+            .unwrap();
+        assert!(o.admitted, "call {i}");
+        assert_eq!(o.hits[0].over, i > 0, "call {i}");
+        assert_eq!(o.hits[1].remaining, 9 - i);
+    }
+}
+
+async fn hits_in_one_batch_see_each_other(store: &dyn Store) {
+    // The same counter twice in one batch: 3 + 3 > 5, so the batch is denied.
+    let h = hit("twice", 5, Period::Minute, Algorithm::FixedWindow, 3);
+    let o = store.take(&[h.clone(), h.clone()], T0).await.unwrap();
+    assert!(!o.admitted);
+    assert!(!o.hits[0].over);
+    assert!(o.hits[1].over);
+    let o = store.take(&[h], T0).await.unwrap();
+    assert!(o.admitted, "nothing was taken by the denied batch");
+    assert_eq!(o.hits[0].remaining, 2);
+}
+
+async fn bucket_refills_and_reports_retry(store: &dyn Store) {
+    // 600 per minute: one token every 100 ms.
+    let h = hit("bucket", 600, Period::Minute, Algorithm::TokenBucket, 600);
+    let o = store.take(&[h.clone()], T0).await.unwrap();
+    assert!(o.admitted);
+    assert_eq!(o.hits[0].remaining, 0);
+    assert_eq!(o.hits[0].reset_after_ms, 60_000);
+    let five = Hit { cost: 5, ..h };
+    let o = store.take(&[five.clone()], T0 + 250).await.unwrap();
+    assert!(!o.admitted);
+    assert_eq!(o.hits[0].remaining, 2);
+    assert_eq!(o.hits[0].retry_after_ms, 250);
+    let o = store.take(&[five], T0 + 500).await.unwrap();
+    assert!(o.admitted);
+    assert_eq!(o.hits[0].remaining, 0);
+}
+
+async fn give_back_restores_capacity(store: &dyn Store) {
+    for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
+        let h = hit("refund", 10, Period::Hour, algorithm, 10);
+        assert!(store.take(&[h.clone()], T0).await.unwrap().admitted);
+        let back = Hit {
+            cost: 4,
+            ..h.clone()
+        };
+        let s = store.give_back(&[back], T0).await.unwrap();
+        assert_eq!(s[0].remaining, 4, "{algorithm:?}");
+        let four = Hit {
+            cost: 4,
+            ..h.clone()
+        };
+        assert!(store.take(&[four.clone()], T0).await.unwrap().admitted);
+        assert!(!store.take(&[four], T0).await.unwrap().admitted);
+        // Giving back more than was taken never goes past the limit.
+        let lots = Hit { cost: 1_000, ..h };
+        assert_eq!(store.give_back(&[lots], T0).await.unwrap()[0].remaining, 10);
+    }
+}
+
+async fn windows_reset_on_the_boundary(store: &dyn Store) {
+    let h = hit("boundary", 1, Period::Second, Algorithm::FixedWindow, 1);
+    assert!(store.take(&[h.clone()], T0 + 999).await.unwrap().admitted);
+    assert!(!store.take(&[h.clone()], T0 + 999).await.unwrap().admitted);
+    let o = store.take(&[h], T0 + 1_000).await.unwrap();
+    assert!(o.admitted, "a new window at the boundary");
+    assert_eq!(o.hits[0].reset_after_ms, 1_000);
+}
+
+/// One random step: a take or a give-back of some hits, some time later.
+#[derive(Debug, Clone)]
+struct Step {
+    after_ms: u64,
+    give_back: bool,
+    hits: Vec<(usize, u64, bool)>, // (counter index, cost, enforce)
+}
+
+fn counters() -> Vec<Limit> {
+    vec![
+        Limit {
+            amount: 7,
+            period: Period::Second,
+            algorithm: Algorithm::FixedWindow,
+        },
+        Limit {
+            amount: 50,
+            period: Period::Minute,
+            algorithm: Algorithm::FixedWindow,
+        },
+        Limit {
+            amount: 13,
+            period: Period::Second,
+            algorithm: Algorithm::TokenBucket,
+        },
+        Limit {
+            amount: 1_000,
+            period: Period::Minute,
+            algorithm: Algorithm::TokenBucket,
+        },
+        Limit {
+            amount: 100_000,
+            period: Period::Day,
+            algorithm: Algorithm::TokenBucket,
+        },
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![Just(0u64), 0u64..300, 0u64..5_000],
+        prop::bool::weighted(0.15),
+        prop::collection::vec(
+            (
+                0usize..5,
+                prop_oneof![0u64..4, 0u64..60, 0u64..2_000],
+                prop::bool::weighted(0.9),
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(|(after_ms, give_back, hits)| Step {
+            after_ms,
+            give_back,
+            hits,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The same random calls at the same times give the same answers.
+    #[test]
+    fn memory_and_redis_agree(steps in prop::collection::vec(step(), 1..60), start in 0u64..86_400_000) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mem = memory().await;
+            let red = redis().await;
+            let limits = counters();
+            let mut now = T0 + start;
+            for (i, s) in steps.iter().enumerate() {
+                now += s.after_ms;
+                let hits: Vec<Hit> = s.hits.iter().map(|&(c, cost, enforce)| Hit {
+                    key: format!("tg:{{prop}}:c{c}"),
+                    limit: limits[c],
+                    cost,
+                    enforce,
+                }).collect();
+                if s.give_back {
+                    let a = mem.store.give_back(&hits, now).await.unwrap();
+                    let b = red.store.give_back(&hits, now).await.unwrap();
+                    assert_eq!(a, b, "step {i}: {s:?}");
+                } else {
+                    let a = mem.store.take(&hits, now).await.unwrap();
+                    let b = red.store.take(&hits, now).await.unwrap();
+                    assert_eq!(a, b, "step {i}: {s:?}");
+                }
+            }
+        });
+    }
+}
