@@ -37,6 +37,11 @@ pub struct Metrics {
     pub store_up: IntGauge,
     config_info: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    llm_requests: IntCounterVec,
+    llm_tokens: IntCounterVec,
+    quota_tokens: IntCounterVec,
+    llm_settlements: IntCounterVec,
+    estimate_error: HistogramVec,
     detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
 }
 
@@ -87,7 +92,46 @@ impl Metrics {
         registry
             .register(Box::new(config_info.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let estimate_error = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_llm_estimate_error_ratio",
+                "(actual - estimated) / estimated tokens, per settled request with usage.",
+            )
+            .buckets(vec![
+                -1.0, -0.75, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0,
+            ]),
+            &["model"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(estimate_error.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
+            llm_requests: counter(
+                r,
+                "tollgate_llm_requests_total",
+                "LLM requests seen by ext_proc, by model and outcome.",
+                &["model", "outcome"],
+            ),
+            llm_tokens: counter(
+                r,
+                "tollgate_llm_tokens_total",
+                "LLM tokens by model and kind (reserved, actual, refunded, overage).",
+                &["model", "kind"],
+            ),
+            quota_tokens: counter(
+                r,
+                "tollgate_quota_tokens_total",
+                "Token cost by quota and kind (reserved, refunded, overage).",
+                &["quota", "kind"],
+            ),
+            llm_settlements: counter(
+                r,
+                "tollgate_llm_settlements_total",
+                "Reservations settled, by how they ended.",
+                &["how"],
+            ),
+            estimate_error,
             rule_total_hits: counter(
                 r,
                 "tollgate_rule_total_hits_total",
@@ -225,6 +269,39 @@ impl Metrics {
 
     pub fn failure_answer(&self, policy: &str) {
         self.failure_answers.with_label_values(&[policy]).inc();
+    }
+
+    /// Counts an LLM request; `model` must be a configured name or `_other`.
+    pub fn llm_request(&self, model: &str, outcome: &str) {
+        self.llm_requests.with_label_values(&[model, outcome]).inc();
+    }
+
+    pub fn llm_tokens(&self, model: &str, kind: &str, n: u64) {
+        if n > 0 {
+            self.llm_tokens.with_label_values(&[model, kind]).inc_by(n);
+        }
+    }
+
+    pub fn quota_tokens(&self, quota: &str, kind: &str, n: u64) {
+        if n > 0 {
+            self.quota_tokens
+                .with_label_values(&[quota, kind])
+                .inc_by(n);
+        }
+    }
+
+    /// `how`: usage, no_usage, upstream_error, aborted, already_settled.
+    pub fn llm_settled(&self, how: &str) {
+        self.llm_settlements.with_label_values(&[how]).inc();
+    }
+
+    pub fn estimate_error(&self, model: &str, estimated: u64, actual: u64) {
+        if estimated > 0 {
+            let ratio = (actual as f64 - estimated as f64) / estimated as f64;
+            self.estimate_error
+                .with_label_values(&[model])
+                .observe(ratio);
+        }
     }
 
     /// Marks `version` as the config in force.

@@ -1,3 +1,4 @@
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[hit.clone()]` reads better in tests
 //! The decision path with real rules, against both stores: envoyproxy/
 //! ratelimit's semantics plus what tollgate adds (several limits per rule,
 //! all-or-nothing across descriptors, refunds).

@@ -1,10 +1,11 @@
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[hit.clone()]` reads better in tests
 //! One suite, every store: the memory store and a real `redis-server` must
 //! give identical answers for the same calls at the same (manual) times.
 
 use proptest::prelude::*;
 use std::sync::Arc;
 use tollgate::rules::{Algorithm, Limit, Period};
-use tollgate::store::{Hit, MemoryStore, RedisStore, Store};
+use tollgate::store::{counter_key, Counter, Hit, Hold, MemoryStore, RedisStore, SettleOp, Store};
 use tollgate_testkit::RedisServer;
 
 const T0: u64 = 1_800_000_000_000; // a whole day boundary, in ms
@@ -57,16 +58,169 @@ for_each_store!(
     bucket_refills_and_reports_retry,
     give_back_restores_capacity,
     windows_reset_on_the_boundary,
+    a_reservation_settles_once,
+    slots_are_held_until_release_or_deadline,
+    a_refund_into_an_ended_window_is_dropped,
 );
+
+fn hold(id: &str, ttl_ms: u64) -> Hold {
+    Hold {
+        holder: id.into(),
+        ttl_ms,
+        record_key: format!("tg:{{test}}:res:{id}"),
+        record: b"opaque".to_vec(),
+    }
+}
+
+fn limit_of(h: &Hit) -> Limit {
+    match h.counter {
+        Counter::Rate(l) => l,
+        Counter::Slots { .. } => unreachable!(),
+    }
+}
+
+async fn a_reservation_settles_once(store: &dyn Store) {
+    let tpm = hit("tpm", 1_000, Period::Minute, Algorithm::FixedWindow, 600);
+    let tpd = hit("tpd", 10_000, Period::Day, Algorithm::TokenBucket, 600);
+    let h = hold("r1", 60_000);
+    let o = store
+        .take(&[tpm.clone(), tpd.clone()], Some(&h), T0)
+        .await
+        .unwrap();
+    assert!(o.admitted);
+    assert_eq!(
+        store.record(&h.record_key, T0).await.unwrap().as_deref(),
+        Some(&b"opaque"[..])
+    );
+    // Actual use: 400 on the minute (refund 200), 700 on the day (charge 100).
+    let ops = [
+        SettleOp::Refund {
+            key: counter_key(&tpm.key, &tpm.counter, T0),
+            limit: limit_of(&tpm),
+            cost: 200,
+        },
+        SettleOp::Charge {
+            key: tpd.key.clone(),
+            limit: limit_of(&tpd),
+            cost: 100,
+        },
+    ];
+    assert!(store
+        .settle(&h.record_key, "r1", &ops, T0 + 1_000)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .settle(&h.record_key, "r1", &ops, T0 + 1_000)
+            .await
+            .unwrap(),
+        "the second settle changes nothing"
+    );
+    assert_eq!(store.record(&h.record_key, T0).await.unwrap(), None);
+    let check = |h: &Hit| Hit {
+        cost: 0,
+        ..h.clone()
+    };
+    let o = store
+        .take(&[check(&tpm), check(&tpd)], None, T0 + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(o.hits[0].remaining, 600, "1000 - 400");
+    assert_eq!(
+        o.hits[1].remaining, 9_300,
+        "10000 - 700, one second of refill is 0.11 tokens"
+    );
+}
+
+async fn slots_are_held_until_release_or_deadline(store: &dyn Store) {
+    let slot = Hit {
+        key: "tg:{test}:conc".into(),
+        counter: Counter::Slots { max: 2 },
+        cost: 1,
+        enforce: true,
+    };
+    assert!(
+        store
+            .take(&[slot.clone()], Some(&hold("a", 10_000)), T0)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let b = store
+        .take(&[slot.clone()], Some(&hold("b", 2_000)), T0)
+        .await
+        .unwrap();
+    assert!(b.admitted);
+    assert_eq!(b.hits[0].remaining, 0);
+    let c = store
+        .take(&[slot.clone()], Some(&hold("c", 10_000)), T0 + 1)
+        .await
+        .unwrap();
+    assert!(!c.admitted);
+    assert_eq!(c.hits[0].retry_after_ms, 1_000);
+    // b's holder vanished without settling: its deadline frees the slot.
+    assert!(
+        store
+            .take(&[slot.clone()], Some(&hold("c", 10_000)), T0 + 2_000)
+            .await
+            .unwrap()
+            .admitted
+    );
+    // a settles: its slot is free at once.
+    let release = [SettleOp::Release {
+        key: slot.key.clone(),
+        max: 2,
+    }];
+    assert!(store
+        .settle("tg:{test}:res:a", "a", &release, T0 + 2_001)
+        .await
+        .unwrap());
+    let d = store
+        .take(&[slot], Some(&hold("d", 10_000)), T0 + 2_002)
+        .await
+        .unwrap();
+    assert!(d.admitted);
+    assert_eq!(d.hits[0].remaining, 0);
+}
+
+async fn a_refund_into_an_ended_window_is_dropped(store: &dyn Store) {
+    let h = hit("ended", 100, Period::Second, Algorithm::FixedWindow, 60);
+    let res = hold("e", 60_000);
+    assert!(
+        store
+            .take(&[h.clone()], Some(&res), T0)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let key = counter_key(&h.key, &h.counter, T0);
+    let ops = [SettleOp::Refund {
+        key,
+        limit: limit_of(&h),
+        cost: 50,
+    }];
+    assert!(store
+        .settle(&res.record_key, "e", &ops, T0 + 1_500)
+        .await
+        .unwrap());
+    let o = store
+        .take(&[Hit { cost: 0, ..h }], None, T0 + 1_500)
+        .await
+        .unwrap();
+    assert_eq!(
+        o.hits[0].remaining, 100,
+        "the new window is untouched by the old refund"
+    );
+}
 
 fn hit(key: &str, amount: u64, period: Period, algorithm: Algorithm, cost: u64) -> Hit {
     Hit {
         key: format!("tg:{{test}}:{key}"),
-        limit: Limit {
+        counter: Counter::Rate(Limit {
             amount,
             period,
             algorithm,
-        },
+        }),
         cost,
         enforce: true,
     }
@@ -75,12 +229,12 @@ fn hit(key: &str, amount: u64, period: Period, algorithm: Algorithm, cost: u64) 
 async fn window_takes_exactly_the_limit(store: &dyn Store) {
     let h = hit("w", 3, Period::Minute, Algorithm::FixedWindow, 1);
     for left in [2, 1, 0] {
-        let o = store.take(&[h.clone()], T0 + 5_000).await.unwrap();
+        let o = store.take(&[h.clone()], None, T0 + 5_000).await.unwrap();
         assert!(o.admitted);
         assert_eq!(o.hits[0].remaining, left);
         assert_eq!(o.hits[0].reset_after_ms, 55_000);
     }
-    let o = store.take(&[h], T0 + 5_000).await.unwrap();
+    let o = store.take(&[h], None, T0 + 5_000).await.unwrap();
     assert!(!o.admitted);
     assert!(o.hits[0].over);
 }
@@ -89,7 +243,7 @@ async fn a_denied_batch_takes_nothing(store: &dyn Store) {
     let roomy = hit("roomy", 100, Period::Minute, Algorithm::FixedWindow, 10);
     let tight = hit("tight", 5, Period::Minute, Algorithm::TokenBucket, 10);
     let o = store
-        .take(&[roomy.clone(), tight.clone()], T0)
+        .take(&[roomy.clone(), tight.clone()], None, T0)
         .await
         .unwrap();
     assert!(!o.admitted);
@@ -97,7 +251,7 @@ async fn a_denied_batch_takes_nothing(store: &dyn Store) {
     assert!(o.hits[1].over);
     // The roomy counter was not touched: checking with cost 0 shows 100 left.
     let check = Hit { cost: 0, ..roomy };
-    let o = store.take(&[check], T0).await.unwrap();
+    let o = store.take(&[check], None, T0).await.unwrap();
     assert_eq!(o.hits[0].remaining, 100);
 }
 
@@ -109,7 +263,7 @@ async fn shadow_hits_never_deny(store: &dyn Store) {
     let real = hit("real", 10, Period::Minute, Algorithm::FixedWindow, 1);
     for i in 0..3 {
         let o = store
-            .take(&[shadow.clone(), real.clone()], T0)
+            .take(&[shadow.clone(), real.clone()], None, T0)
             .await
             .unwrap();
         assert!(o.admitted, "call {i}");
@@ -121,11 +275,11 @@ async fn shadow_hits_never_deny(store: &dyn Store) {
 async fn hits_in_one_batch_see_each_other(store: &dyn Store) {
     // The same counter twice in one batch: 3 + 3 > 5, so the batch is denied.
     let h = hit("twice", 5, Period::Minute, Algorithm::FixedWindow, 3);
-    let o = store.take(&[h.clone(), h.clone()], T0).await.unwrap();
+    let o = store.take(&[h.clone(), h.clone()], None, T0).await.unwrap();
     assert!(!o.admitted);
     assert!(!o.hits[0].over);
     assert!(o.hits[1].over);
-    let o = store.take(&[h], T0).await.unwrap();
+    let o = store.take(&[h], None, T0).await.unwrap();
     assert!(o.admitted, "nothing was taken by the denied batch");
     assert_eq!(o.hits[0].remaining, 2);
 }
@@ -133,16 +287,16 @@ async fn hits_in_one_batch_see_each_other(store: &dyn Store) {
 async fn bucket_refills_and_reports_retry(store: &dyn Store) {
     // 600 per minute: one token every 100 ms.
     let h = hit("bucket", 600, Period::Minute, Algorithm::TokenBucket, 600);
-    let o = store.take(&[h.clone()], T0).await.unwrap();
+    let o = store.take(&[h.clone()], None, T0).await.unwrap();
     assert!(o.admitted);
     assert_eq!(o.hits[0].remaining, 0);
     assert_eq!(o.hits[0].reset_after_ms, 60_000);
     let five = Hit { cost: 5, ..h };
-    let o = store.take(&[five.clone()], T0 + 250).await.unwrap();
+    let o = store.take(&[five.clone()], None, T0 + 250).await.unwrap();
     assert!(!o.admitted);
     assert_eq!(o.hits[0].remaining, 2);
     assert_eq!(o.hits[0].retry_after_ms, 250);
-    let o = store.take(&[five], T0 + 500).await.unwrap();
+    let o = store.take(&[five], None, T0 + 500).await.unwrap();
     assert!(o.admitted);
     assert_eq!(o.hits[0].remaining, 0);
 }
@@ -150,7 +304,7 @@ async fn bucket_refills_and_reports_retry(store: &dyn Store) {
 async fn give_back_restores_capacity(store: &dyn Store) {
     for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
         let h = hit("refund", 10, Period::Hour, algorithm, 10);
-        assert!(store.take(&[h.clone()], T0).await.unwrap().admitted);
+        assert!(store.take(&[h.clone()], None, T0).await.unwrap().admitted);
         let back = Hit {
             cost: 4,
             ..h.clone()
@@ -161,8 +315,14 @@ async fn give_back_restores_capacity(store: &dyn Store) {
             cost: 4,
             ..h.clone()
         };
-        assert!(store.take(&[four.clone()], T0).await.unwrap().admitted);
-        assert!(!store.take(&[four], T0).await.unwrap().admitted);
+        assert!(
+            store
+                .take(&[four.clone()], None, T0)
+                .await
+                .unwrap()
+                .admitted
+        );
+        assert!(!store.take(&[four], None, T0).await.unwrap().admitted);
         // Giving back more than was taken never goes past the limit.
         let lots = Hit { cost: 1_000, ..h };
         assert_eq!(store.give_back(&[lots], T0).await.unwrap()[0].remaining, 10);
@@ -171,9 +331,21 @@ async fn give_back_restores_capacity(store: &dyn Store) {
 
 async fn windows_reset_on_the_boundary(store: &dyn Store) {
     let h = hit("boundary", 1, Period::Second, Algorithm::FixedWindow, 1);
-    assert!(store.take(&[h.clone()], T0 + 999).await.unwrap().admitted);
-    assert!(!store.take(&[h.clone()], T0 + 999).await.unwrap().admitted);
-    let o = store.take(&[h], T0 + 1_000).await.unwrap();
+    assert!(
+        store
+            .take(&[h.clone()], None, T0 + 999)
+            .await
+            .unwrap()
+            .admitted
+    );
+    assert!(
+        !store
+            .take(&[h.clone()], None, T0 + 999)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let o = store.take(&[h], None, T0 + 1_000).await.unwrap();
     assert!(o.admitted, "a new window at the boundary");
     assert_eq!(o.hits[0].reset_after_ms, 1_000);
 }
@@ -252,7 +424,7 @@ proptest! {
                 now += s.after_ms;
                 let hits: Vec<Hit> = s.hits.iter().map(|&(c, cost, enforce)| Hit {
                     key: format!("tg:{{prop}}:c{c}"),
-                    limit: limits[c],
+                    counter: Counter::Rate(limits[c]),
                     cost,
                     enforce,
                 }).collect();
@@ -261,8 +433,8 @@ proptest! {
                     let b = red.store.give_back(&hits, now).await.unwrap();
                     assert_eq!(a, b, "step {i}: {s:?}");
                 } else {
-                    let a = mem.store.take(&hits, now).await.unwrap();
-                    let b = red.store.take(&hits, now).await.unwrap();
+                    let a = mem.store.take(&hits, None, now).await.unwrap();
+                    let b = red.store.take(&hits, None, now).await.unwrap();
                     assert_eq!(a, b, "step {i}: {s:?}");
                 }
             }

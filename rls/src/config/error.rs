@@ -71,7 +71,7 @@ impl Source<'_> {
     /// Turns a TOML syntax or type error into a located error. toml names
     /// no field path, so the field is read off the source: the key on the
     /// failing line, under the nearest table header.
-    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let offset = err.span().map(|s| s.start).unwrap_or(0);
         let line = self.line_of(offset);
         let lines: Vec<&str> = self.text.lines().collect();

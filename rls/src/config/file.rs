@@ -2,6 +2,7 @@
 //! are `Spanned`, so the error can name their line.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use toml::Spanned;
 
 #[derive(Debug, Deserialize, Default)]
@@ -11,6 +12,11 @@ pub(crate) struct FileView {
     pub store: Option<Spanned<StoreView>>,
     #[serde(default)]
     pub rule: Vec<Spanned<RuleView>>,
+    pub llm: Option<Spanned<LlmView>>,
+    #[serde(default)]
+    pub model: Vec<Spanned<ModelView>>,
+    #[serde(default)]
+    pub quota: Vec<Spanned<QuotaView>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -62,4 +68,64 @@ pub(crate) struct LimitView {
     pub requests: u64,
     pub per: String,
     pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LlmView {
+    pub tenant_header: Option<String>,
+    pub api_key_header: Option<String>,
+    pub class_header: Option<String>,
+    pub estimator: Option<Spanned<String>>,
+    pub inject_stream_usage: Option<bool>,
+    pub max_body_bytes: Option<Spanned<u64>>,
+    pub reservation_ttl: Option<Spanned<String>>,
+    pub on_abort: Option<Spanned<String>>,
+    pub on_upstream_error: Option<Spanned<String>>,
+    pub allow_unknown_models: Option<bool>,
+    pub unknown_model_max_output: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModelView {
+    pub name: Spanned<String>,
+    pub context_window: Spanned<u64>,
+    pub default_max_output: Spanned<u64>,
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QuotaView {
+    pub name: Spanned<String>,
+    #[serde(rename = "match")]
+    pub matchers: Option<Spanned<BTreeMap<String, String>>>,
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_day: Option<u64>,
+    pub max_concurrent: Option<u64>,
+    pub algorithm: Option<Spanned<String>>,
+    pub count: Option<Spanned<CountView>>,
+    pub on_error: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum CountView {
+    Name(String),
+    Weights(WeightsView),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WeightsView {
+    #[serde(default)]
+    pub prompt: f64,
+    #[serde(default)]
+    pub completion: f64,
+    #[serde(default)]
+    pub cached: f64,
 }

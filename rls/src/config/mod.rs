@@ -10,6 +10,7 @@ mod file;
 mod load;
 mod runtime;
 mod validate;
+mod validate_llm;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, parse_str};

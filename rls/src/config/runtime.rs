@@ -1,4 +1,4 @@
-use crate::rules::RuleSet;
+use crate::rules::{LlmConfig, RuleSet};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +12,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub rules: Arc<RuleSet>,
+    /// Models and token quotas for the ext_proc service.
+    pub llm: Arc<LlmConfig>,
     /// Content hash of the files, so `/config` and logs say which config
     /// is in force.
     pub version: String,

@@ -3,11 +3,12 @@
 
 use super::error::Source;
 use super::file::{FileView, LimitView, RuleView, ServerView, StoreView};
+use super::validate_llm;
 use super::{
     Config, ConfigError, ConfigErrors, FailurePolicy, LogFormat, ServerConfig, StoreConfig,
     StoreKind,
 };
-use crate::rules::{Algorithm, EntryPattern, Limit, Period, Rule, RuleId, RuleSet};
+use crate::rules::{Algorithm, EntryPattern, Limit, LlmConfig, Period, Rule, RuleId, RuleSet};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,11 +19,13 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     let mut server = None;
     let mut store = None;
     let mut rules = Vec::new();
+    let mut llm = LlmConfig::default();
+    let mut llm_set = false;
     for src in sources {
         let view: FileView = match toml::from_str(src.text) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(src.from_toml(&e));
+                errors.push(src.toml_error(&e));
                 continue;
             }
         };
@@ -43,7 +46,23 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
                 rules.push(rule);
             }
         }
+        if let Some(l) = view.llm {
+            if llm_set {
+                errors.push(src.error(l.span().start, "llm", "[llm] is set in two files"));
+            }
+            llm_set = true;
+            llm.settings = validate_llm::settings(src, l.into_inner(), &mut errors);
+        }
+        for m in view.model {
+            llm.models.push(validate_llm::model(src, m, &mut errors));
+        }
+        for q in view.quota {
+            if let Some(q) = validate_llm::quota(src, q, &mut errors) {
+                llm.quotas.push(q);
+            }
+        }
     }
+    validate_llm::cross_check(&llm.models, &llm.quotas, &mut errors);
     check_names(&rules, &mut errors);
     let rules = match RuleSet::new(rules.clone()) {
         Ok(set) => set,
@@ -69,6 +88,7 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
         server: server.unwrap_or_default(),
         store: store.unwrap_or_default(),
         rules: Arc::new(rules),
+        llm: Arc::new(llm),
         version: String::new(),
         sources: Vec::new(),
         loaded_at: SystemTime::now(),

@@ -4,7 +4,7 @@ use super::Clock;
 use crate::config::FailurePolicy;
 use crate::metrics::{HitOutcome, Metrics};
 use crate::rules::{Limit, Rule, RuleSet, MAX_COST};
-use crate::store::{Hit, HitState, MemoryStore, Store, StoreError, TakeOutcome};
+use crate::store::{Counter, Hit, HitState, Hold, MemoryStore, Store, StoreError, TakeOutcome};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,9 +95,19 @@ impl Engine {
             hits: vec![],
         };
         if !takes.hits.is_empty() {
-            taken = match self.timed("take", self.store.take(&takes.hits, now)).await {
+            taken = match self
+                .timed("take", self.store.take(&takes.hits, None, now))
+                .await
+            {
                 Ok(o) => o,
-                Err(e) => self.on_store_error(&takes, e, now).await,
+                Err(e) => {
+                    let policies: Vec<_> = takes
+                        .owners
+                        .iter()
+                        .map(|o| self.policy(o.rule.on_error))
+                        .collect();
+                    self.by_policy(&takes.hits, &policies, None, e, now).await
+                }
             };
         }
         for ((hit, owner), state) in takes.hits.iter().zip(&takes.owners).zip(&taken.hits) {
@@ -150,7 +160,7 @@ impl Engine {
             for limit in &rule.limits {
                 plan.hits.push(Hit {
                     key: counter_base(rule, limit, &d.entries),
-                    limit: *limit,
+                    counter: Counter::Rate(*limit),
                     cost,
                     enforce: !rule.shadow,
                 });
@@ -163,7 +173,7 @@ impl Engine {
         (takes, gives)
     }
 
-    async fn timed<T>(
+    pub(super) async fn timed<T>(
         &self,
         op: &str,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -185,42 +195,45 @@ impl Engine {
         result
     }
 
-    /// Answers a batch the store could not: each hit by its rule's
-    /// `on_error` policy. `local` hits are taken from this instance's memory
-    /// at the rule's share of the limit.
-    async fn on_store_error(&self, takes: &Plan<'_>, error: StoreError, now: u64) -> TakeOutcome {
+    /// Answers a batch the store could not: each hit by its policy.
+    /// `local` hits are taken from this instance's memory at the share of
+    /// their limit (with the hold, so local slots are released too).
+    pub(super) async fn by_policy(
+        &self,
+        hits: &[Hit],
+        policies: &[FailurePolicy],
+        hold: Option<&Hold>,
+        error: StoreError,
+        now: u64,
+    ) -> TakeOutcome {
         tracing::warn!(error = %error, store = self.store.kind(), "store failed; answering by on_error policy");
-        let policy_of = |o: &Owner| o.rule.on_error.unwrap_or(self.default_policy);
-        let local: Vec<Hit> = takes
-            .hits
+        let local: Vec<Hit> = hits
             .iter()
-            .zip(&takes.owners)
-            .filter(|(_, o)| policy_of(o) == FailurePolicy::Local)
+            .zip(policies)
+            .filter(|(_, p)| **p == FailurePolicy::Local)
             .map(|(h, _)| Hit {
-                limit: Limit {
-                    amount: ((h.limit.amount as f64 * self.local_share).ceil() as u64).max(1),
-                    ..h.limit
-                },
+                counter: scaled_down(h.counter, self.local_share),
                 ..h.clone()
             })
             .collect();
-        let mut local_states = match self.local.take(&local, now).await {
+        let mut local_states = match self.local.take(&local, hold, now).await {
             Ok(o) => o.hits.into_iter(),
             Err(_) => Vec::new().into_iter(),
         };
         let mut admitted = true;
-        let hits = takes
-            .hits
+        let states = hits
             .iter()
-            .zip(&takes.owners)
-            .map(|(hit, owner)| {
-                let policy = policy_of(owner);
+            .zip(policies)
+            .map(|(hit, &policy)| {
                 self.metrics.failure_answer(match policy {
                     FailurePolicy::FailOpen => "fail_open",
                     FailurePolicy::FailClosed => "fail_closed",
                     FailurePolicy::Local => "local",
                 });
-                let period = hit.limit.period.millis();
+                let period = match hit.counter {
+                    Counter::Rate(l) => l.period.millis(),
+                    Counter::Slots { .. } => 0,
+                };
                 let state = match policy {
                     FailurePolicy::Local => local_states.next(),
                     _ => None,
@@ -237,7 +250,14 @@ impl Engine {
                 state
             })
             .collect();
-        TakeOutcome { admitted, hits }
+        TakeOutcome {
+            admitted,
+            hits: states,
+        }
+    }
+
+    pub(super) fn policy(&self, own: Option<FailurePolicy>) -> FailurePolicy {
+        own.unwrap_or(self.default_policy)
     }
 
     fn count(&self, check: &Check, hit: &Hit, owner: Owner, st: &HitState) {
@@ -248,7 +268,7 @@ impl Engine {
         } else {
             // Past 80% of the limit after this hit, as envoyproxy/ratelimit.
             HitOutcome::Within {
-                near: st.remaining * 5 < hit.limit.amount,
+                near: st.remaining * 5 < amount(&hit.counter),
             }
         };
         let detail = owner
@@ -295,12 +315,34 @@ fn report(r: &mut DescriptorResult, hit: &Hit, rule: &Rule, st: &HitState) {
         r.retry_after = r.retry_after.max(Duration::from_millis(st.retry_after_ms));
     }
     if better {
-        r.limit = Some(MatchedLimit {
-            limit: hit.limit,
-            rule: rule.label.clone(),
-        });
+        if let Counter::Rate(limit) = hit.counter {
+            r.limit = Some(MatchedLimit {
+                limit,
+                rule: rule.label.clone(),
+            });
+        }
         r.remaining = st.remaining;
         r.reset_after = Duration::from_millis(st.reset_after_ms);
+    }
+}
+
+/// The most a counter allows.
+fn amount(counter: &Counter) -> u64 {
+    match counter {
+        Counter::Rate(l) => l.amount,
+        Counter::Slots { max } => *max,
+    }
+}
+
+/// A counter at `share` of its size (at least 1), for `local` fallback.
+fn scaled_down(counter: Counter, share: f64) -> Counter {
+    let scale = |n: u64| ((n as f64 * share).ceil() as u64).max(1);
+    match counter {
+        Counter::Rate(l) => Counter::Rate(Limit {
+            amount: scale(l.amount),
+            ..l
+        }),
+        Counter::Slots { max } => Counter::Slots { max: scale(max) },
     }
 }
 

@@ -1,10 +1,14 @@
 //! Decisions: from a [`Check`] and the rules in force to a [`Decision`].
 
+mod budget;
 mod check;
 mod clock;
 mod decide;
 mod keys;
 
+pub use budget::{
+    token_cost, BudgetView, Remaining, Reservation, Reserved, Settlement, Taken, TakenKind,
+};
 pub use check::{Check, Code, Decision, Descriptor, DescriptorResult, MatchedLimit};
 pub use clock::Clock;
 pub use decide::Engine;

@@ -2,9 +2,14 @@
 //! tree that finds the rule for a request descriptor.
 
 mod limit;
+mod quota;
 mod rule;
 mod tree;
 
 pub use limit::{Algorithm, Limit, Period, MAX_COST};
+pub use quota::{
+    CountSpec, Identity, IdentityKey, LlmConfig, LlmSettings, Model, Quota, QuotaLimit,
+    SettlePolicy, Tokens, ValuePattern,
+};
 pub use rule::{EntryPattern, Rule, RuleId, RuleSet};
 pub use tree::RuleTree;

@@ -8,6 +8,7 @@ mod memory;
 mod redis;
 
 pub use arith::HitState;
+pub use arith::SLOT_RETRY_MS;
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -15,17 +16,60 @@ pub use redis::RedisStore;
 use crate::rules::Limit;
 use async_trait::async_trait;
 
+/// What a counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Hits or tokens per period, by window or bucket.
+    Rate(Limit),
+    /// Requests in flight at once: held by a reservation until it settles
+    /// or its deadline passes.
+    Slots { max: u64 },
+}
+
 /// One counter to check and take from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {
     /// The counter's identity without its window. Starts with the rule's
     /// `{hash tag}`; the store appends the fixed window's start.
     pub key: String,
-    pub limit: Limit,
+    pub counter: Counter,
     /// Units to take; 0 checks without taking.
     pub cost: u64,
     /// `false` for shadow rules: counted, never the reason for a denial.
     pub enforce: bool,
+}
+
+/// What an admitted reservation leaves in the store beside its counters:
+/// its concurrency slots are held under `holder` until `ttl_ms` from now,
+/// and `record` is kept at `record_key` for the same time, so a settle
+/// can happen once (and only once) from any instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub holder: String,
+    pub ttl_ms: u64,
+    pub record_key: String,
+    pub record: Vec<u8>,
+}
+
+/// One correction applied when a reservation settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleOp {
+    /// Give `cost` back to the exact counter key (window included) it was
+    /// taken from; dropped if that window has ended.
+    Refund {
+        key: String,
+        limit: Limit,
+        cost: u64,
+    },
+    /// Charge `cost` more to the counter's current window or bucket, past
+    /// the limit if need be (usage above the estimate).
+    Charge {
+        key: String,
+        limit: Limit,
+        cost: u64,
+    },
+    /// Free the reservation's concurrency slot.
+    Release { key: String, max: u64 },
 }
 
 /// The answer to a batch of hits taken all-or-nothing.
@@ -42,22 +86,46 @@ pub struct TakeOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Checks every hit in order (a hit sees the ones before it in the same
     /// batch) and, unless an enforced hit would go over, takes them all in
-    /// one atomic step. A denied batch takes nothing.
-    async fn take(&self, hits: &[Hit], now_ms: u64) -> Result<TakeOutcome, StoreError>;
+    /// one atomic step, together with `hold` if given. A denied batch takes
+    /// nothing.
+    async fn take(
+        &self,
+        hits: &[Hit],
+        hold: Option<&Hold>,
+        now_ms: u64,
+    ) -> Result<TakeOutcome, StoreError>;
 
     /// Gives the hits' costs back to the current window or bucket
     /// (`is_negative_hits`). Never denies.
     async fn give_back(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError>;
 
+    /// Settles a reservation: if its record still exists, deletes it and
+    /// applies `ops` in one atomic step, and returns `true`; if it is gone
+    /// (settled before, or expired) changes nothing and returns `false`.
+    async fn settle(
+        &self,
+        record_key: &str,
+        holder: &str,
+        ops: &[SettleOp],
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Reads a reservation record, for a settle that arrives at another
+    /// instance than the one that reserved.
+    async fn record(&self, record_key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// A label for metrics and logs: `memory` or `redis`.
     fn kind(&self) -> &'static str;
 }
 
-/// The full key of a hit's counter at `now_ms`: the window start is part of
-/// a fixed window's key, so a new window starts from an absent key.
-pub fn counter_key(hit: &Hit, now_ms: u64) -> String {
-    match arith::key_suffix(&hit.limit, now_ms) {
-        Some(window) => format!("{}:{window}", hit.key),
-        None => hit.key.clone(),
+/// The full key of a counter at `now_ms`: the window start is part of a
+/// fixed window's key, so a new window starts from an absent key.
+pub fn counter_key(key: &str, counter: &Counter, now_ms: u64) -> String {
+    match counter {
+        Counter::Rate(limit) => match arith::key_suffix(limit, now_ms) {
+            Some(window) => format!("{key}:{window}"),
+            None => key.to_string(),
+        },
+        Counter::Slots { .. } => key.to_string(),
     }
 }

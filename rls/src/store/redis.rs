@@ -7,18 +7,55 @@
 //! when it is full again, so Redis holds only live counters.
 
 use super::arith::{self, HitState};
-use super::{counter_key, Hit, Store, StoreError, TakeOutcome};
+use super::{counter_key, Counter, Hit, Hold, SettleOp, Store, StoreError, TakeOutcome};
 use crate::rules::Algorithm;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 use std::time::Duration;
 
 /// Counters in Redis, shared by every tollgate instance that points at it.
 pub struct RedisStore {
     conn: ConnectionManager,
     take: Script,
+    settle: Script,
     timeout: Duration,
+}
+
+/// The 7 values `common.lua`'s `spec()` reads for one counter.
+fn push_spec(
+    call: &mut ScriptInvocation<'_>,
+    counter: &Counter,
+    cost: u64,
+    flag: &str,
+    now_ms: u64,
+) {
+    let (algorithm, amount, ticks, tick_ms, anchor) = match counter {
+        Counter::Rate(l) => match l.algorithm {
+            Algorithm::FixedWindow => (
+                0,
+                l.amount,
+                l.period.ticks(),
+                l.period.tick_millis(),
+                arith::window_start(l, now_ms),
+            ),
+            Algorithm::TokenBucket => (
+                1,
+                l.amount,
+                l.period.ticks(),
+                l.period.tick_millis(),
+                now_ms / l.period.tick_millis(),
+            ),
+        },
+        Counter::Slots { max } => (2, *max, 1, 1, 0),
+    };
+    call.arg(algorithm)
+        .arg(amount)
+        .arg(ticks)
+        .arg(tick_ms)
+        .arg(cost)
+        .arg(flag)
+        .arg(anchor);
 }
 
 impl RedisStore {
@@ -44,34 +81,24 @@ impl RedisStore {
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(RedisStore {
             conn,
-            take: Script::new(include_str!("../../../lua/take.lua")),
+            take: Script::new(concat!(
+                include_str!("../../../lua/common.lua"),
+                include_str!("../../../lua/take.lua")
+            )),
+            settle: Script::new(concat!(
+                include_str!("../../../lua/common.lua"),
+                include_str!("../../../lua/settle.lua")
+            )),
             timeout,
         })
     }
 
-    async fn run(&self, hits: &[Hit], now_ms: u64, taking: bool) -> Result<Vec<i64>, StoreError> {
-        let mut call = self.take.prepare_invoke();
-        call.arg(now_ms).arg(if taking { 1 } else { 0 });
-        for hit in hits {
-            let l = &hit.limit;
-            let anchor = match l.algorithm {
-                Algorithm::FixedWindow => arith::window_start(l, now_ms),
-                Algorithm::TokenBucket => now_ms / l.period.tick_millis(),
-            };
-            call.key(counter_key(hit, now_ms))
-                .arg(match l.algorithm {
-                    Algorithm::FixedWindow => 0,
-                    Algorithm::TokenBucket => 1,
-                })
-                .arg(l.amount)
-                .arg(l.period.ticks())
-                .arg(l.period.tick_millis())
-                .arg(hit.cost)
-                .arg(if hit.enforce { 1 } else { 0 })
-                .arg(anchor);
-        }
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        call: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
-        let reply = tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn))
+        let reply = tokio::time::timeout(self.timeout, call.invoke_async::<T>(&mut conn))
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?;
         reply.map_err(|e| {
@@ -84,12 +111,43 @@ impl RedisStore {
             }
         })
     }
+
+    async fn run(
+        &self,
+        hits: &[Hit],
+        hold: Option<&Hold>,
+        now_ms: u64,
+        taking: bool,
+    ) -> Result<(bool, Vec<HitState>), StoreError> {
+        let mut call = self.take.prepare_invoke();
+        call.arg(now_ms).arg(if taking { 1 } else { 0 });
+        match hold {
+            Some(h) => call.arg(&h.holder).arg(h.ttl_ms).arg(&h.record[..]),
+            None => call.arg("").arg(0).arg(""),
+        };
+        for hit in hits {
+            call.key(counter_key(&hit.key, &hit.counter, now_ms));
+            push_spec(
+                &mut call,
+                &hit.counter,
+                hit.cost,
+                if hit.enforce { "1" } else { "0" },
+                now_ms,
+            );
+        }
+        if let Some(h) = hold {
+            call.key(&h.record_key);
+        }
+        let reply: Vec<i64> = self.invoke(&call).await?;
+        let states = parse_states(&reply, hits.len())?;
+        Ok((reply[0] == 1, states))
+    }
 }
 
 fn parse_states(reply: &[i64], n: usize) -> Result<Vec<HitState>, StoreError> {
     if reply.len() != 1 + 4 * n {
         return Err(StoreError::Protocol(format!(
-            "take.lua returned {} values for {n} hits",
+            "take.lua returned {} values for {n} counters",
             reply.len()
         )));
     }
@@ -107,27 +165,76 @@ fn parse_states(reply: &[i64], n: usize) -> Result<Vec<HitState>, StoreError> {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn take(&self, hits: &[Hit], now_ms: u64) -> Result<TakeOutcome, StoreError> {
-        if hits.is_empty() {
+    async fn take(
+        &self,
+        hits: &[Hit],
+        hold: Option<&Hold>,
+        now_ms: u64,
+    ) -> Result<TakeOutcome, StoreError> {
+        if hits.is_empty() && hold.is_none() {
             return Ok(TakeOutcome {
                 admitted: true,
                 hits: vec![],
             });
         }
-        let reply = self.run(hits, now_ms, true).await?;
-        let states = parse_states(&reply, hits.len())?;
-        Ok(TakeOutcome {
-            admitted: reply[0] == 1,
-            hits: states,
-        })
+        let (admitted, hits) = self.run(hits, hold, now_ms, true).await?;
+        Ok(TakeOutcome { admitted, hits })
     }
 
     async fn give_back(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError> {
         if hits.is_empty() {
             return Ok(vec![]);
         }
-        let reply = self.run(hits, now_ms, false).await?;
-        parse_states(&reply, hits.len())
+        Ok(self.run(hits, None, now_ms, false).await?.1)
+    }
+
+    async fn settle(
+        &self,
+        record_key: &str,
+        holder: &str,
+        ops: &[SettleOp],
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut call = self.settle.prepare_invoke();
+        call.key(record_key).arg(now_ms).arg(holder);
+        for op in ops {
+            match op {
+                SettleOp::Refund { key, limit, cost } => {
+                    call.key(key);
+                    push_spec(&mut call, &Counter::Rate(*limit), *cost, "refund", now_ms);
+                }
+                SettleOp::Charge { key, limit, cost } => {
+                    let counter = Counter::Rate(*limit);
+                    call.key(counter_key(key, &counter, now_ms));
+                    push_spec(&mut call, &counter, *cost, "charge", now_ms);
+                }
+                SettleOp::Release { key, max } => {
+                    call.key(key);
+                    push_spec(
+                        &mut call,
+                        &Counter::Slots { max: *max },
+                        0,
+                        "release",
+                        now_ms,
+                    );
+                }
+            }
+        }
+        let applied: i64 = self.invoke(&call).await?;
+        Ok(applied == 1)
+    }
+
+    async fn record(&self, record_key: &str, _now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("GET")
+                .arg(record_key)
+                .query_async::<Option<Vec<u8>>>(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(self.timeout))?;
+        reply.map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     fn kind(&self) -> &'static str {

@@ -1,0 +1,303 @@
+//! Validation of `[llm]`, `[[model]]` and `[[quota]]`.
+
+use super::error::Source;
+use super::file::{CountView, LlmView, ModelView, QuotaView};
+use super::ConfigError;
+use crate::config::FailurePolicy;
+use crate::rules::{
+    Algorithm, CountSpec, IdentityKey, Limit, LlmSettings, Model, Period, Quota, QuotaLimit,
+    RuleId, SettlePolicy, ValuePattern,
+};
+use std::collections::HashSet;
+use toml::Spanned;
+
+pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) -> LlmSettings {
+    let mut s = LlmSettings::default();
+    if let Some(h) = v.tenant_header {
+        s.tenant_header = h.to_ascii_lowercase();
+    }
+    if let Some(h) = v.api_key_header {
+        s.api_key_header = h.to_ascii_lowercase();
+    }
+    if let Some(h) = v.class_header {
+        s.class_header = h.to_ascii_lowercase();
+    }
+    if let Some(e) = v.estimator {
+        match e.get_ref().as_str() {
+            "bpe" | "bytes" => s.estimator = e.get_ref().clone(),
+            other => errors.push(src.error(
+                e.span().start,
+                "llm.estimator",
+                format!("`{other}`: expected `bpe` or `bytes`"),
+            )),
+        }
+    }
+    if let Some(b) = v.inject_stream_usage {
+        s.inject_stream_usage = b;
+    }
+    if let Some(b) = v.max_body_bytes {
+        if *b.get_ref() < 1024 {
+            errors.push(src.error(b.span().start, "llm.max_body_bytes", "at least 1024"));
+        }
+        s.max_body_bytes = usize::try_from(*b.get_ref()).unwrap_or(usize::MAX);
+    }
+    if let Some(t) = v.reservation_ttl {
+        match humantime::parse_duration(t.get_ref()) {
+            Ok(d) if d.as_secs() >= 1 => s.reservation_ttl = d,
+            _ => errors.push(src.error(
+                t.span().start,
+                "llm.reservation_ttl",
+                format!("`{}`: a duration of at least 1s, like \"10m\"", t.get_ref()),
+            )),
+        }
+    }
+    for (field, value, out) in [
+        ("llm.on_abort", v.on_abort, &mut s.on_abort),
+        (
+            "llm.on_upstream_error",
+            v.on_upstream_error,
+            &mut s.on_upstream_error,
+        ),
+    ] {
+        if let Some(p) = value {
+            match SettlePolicy::parse(p.get_ref()) {
+                Some(policy) => *out = policy,
+                None => errors.push(src.error(
+                    p.span().start,
+                    field,
+                    format!(
+                        "`{}`: expected keep_estimate, refund or charge_streamed",
+                        p.get_ref()
+                    ),
+                )),
+            }
+        }
+    }
+    if let Some(b) = v.allow_unknown_models {
+        s.allow_unknown_models = b;
+    }
+    if let Some(n) = v.unknown_model_max_output {
+        s.unknown_model_max_output = n;
+    }
+    s
+}
+
+pub(crate) fn model(src: &Source, v: Spanned<ModelView>, errors: &mut Vec<ConfigError>) -> Model {
+    let m = v.into_inner();
+    if m.name.get_ref().trim().is_empty() {
+        errors.push(src.error(m.name.span().start, "model.name", "must not be empty"));
+    }
+    if *m.context_window.get_ref() == 0 {
+        errors.push(src.error(
+            m.context_window.span().start,
+            "model.context_window",
+            "must be at least 1",
+        ));
+    }
+    if m.default_max_output.get_ref() > m.context_window.get_ref() {
+        errors.push(src.error(
+            m.default_max_output.span().start,
+            "model.default_max_output",
+            "larger than the context window",
+        ));
+    }
+    Model {
+        name: m.name.into_inner(),
+        context_window: m.context_window.into_inner(),
+        default_max_output: m.default_max_output.into_inner(),
+        fallback: m.fallback,
+    }
+}
+
+pub(crate) fn quota(
+    src: &Source,
+    v: Spanned<QuotaView>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Quota> {
+    let at = v.span().start;
+    let q = v.into_inner();
+    let before = errors.len();
+    let name = q.name.get_ref().trim().to_string();
+    let field = |f: &str| format!("quota.{f}");
+    if name.is_empty() {
+        errors.push(src.error(q.name.span().start, field("name"), "must not be empty"));
+    }
+    let mut matchers = Vec::new();
+    let empty = Default::default();
+    let (table, table_at) = match &q.matchers {
+        Some(m) => (m.get_ref(), m.span().start),
+        None => (&empty, at),
+    };
+    for (k, v) in table {
+        match IdentityKey::parse(k) {
+            Some(key) => matchers.push((key, ValuePattern::parse(v))),
+            None => errors.push(src.error(
+                table_at,
+                field("match"),
+                format!("`{k}`: expected tenant, api_key, class, model or route"),
+            )),
+        }
+    }
+    let mut algorithm = Algorithm::FixedWindow;
+    if let Some(a) = &q.algorithm {
+        match Algorithm::parse(a.get_ref()) {
+            Some(x) => algorithm = x,
+            None => errors.push(src.error(
+                a.span().start,
+                field("algorithm"),
+                format!("`{}`: expected fixed_window or token_bucket", a.get_ref()),
+            )),
+        }
+    }
+    let mut limits = Vec::new();
+    let mut rate = |amount: Option<u64>, period: Period, name: &str, tokens: bool| {
+        let Some(amount) = amount else { return };
+        let limit = Limit {
+            amount,
+            period,
+            algorithm,
+        };
+        match limit.validate() {
+            Ok(()) if tokens => limits.push(QuotaLimit::Tokens(limit)),
+            Ok(()) => limits.push(QuotaLimit::Requests(limit)),
+            Err(e) => errors.push(src.error(at, field(name), e)),
+        }
+    };
+    rate(
+        q.tokens_per_minute,
+        Period::Minute,
+        "tokens_per_minute",
+        true,
+    );
+    rate(q.tokens_per_day, Period::Day, "tokens_per_day", true);
+    rate(
+        q.requests_per_minute,
+        Period::Minute,
+        "requests_per_minute",
+        false,
+    );
+    rate(q.requests_per_day, Period::Day, "requests_per_day", false);
+    if let Some(max) = q.max_concurrent {
+        if max == 0 {
+            errors.push(src.error(at, field("max_concurrent"), "must be at least 1"));
+        }
+        limits.push(QuotaLimit::Concurrent { max });
+    }
+    if limits.is_empty() && errors.len() == before {
+        errors.push(src.error(
+            at,
+            field("tokens_per_minute"),
+            "a quota needs at least one of tokens_per_minute, tokens_per_day, \
+             requests_per_minute, requests_per_day, max_concurrent",
+        ));
+    }
+    let count = match &q.count {
+        None => CountSpec::Total,
+        Some(c) => match c.get_ref() {
+            CountView::Name(n) => match n.as_str() {
+                "prompt" => CountSpec::Prompt,
+                "completion" => CountSpec::Completion,
+                "total" => CountSpec::Total,
+                other => {
+                    errors.push(src.error(
+                        c.span().start,
+                        field("count"),
+                        format!("`{other}`: expected prompt, completion, total or {{ prompt = 1, completion = 4, cached = 0 }}"),
+                    ));
+                    CountSpec::Total
+                }
+            },
+            CountView::Weights(w) => {
+                if [w.prompt, w.completion, w.cached]
+                    .iter()
+                    .any(|x| !(0.0..=1000.0).contains(x))
+                {
+                    errors.push(src.error(
+                        c.span().start,
+                        field("count"),
+                        "weights must be between 0 and 1000",
+                    ));
+                }
+                CountSpec::Weights {
+                    prompt: w.prompt,
+                    completion: w.completion,
+                    cached: w.cached,
+                }
+            }
+        },
+    };
+    let mut on_error = None;
+    if let Some(p) = &q.on_error {
+        match FailurePolicy::parse(p.get_ref()) {
+            Some(x) => on_error = Some(x),
+            None => errors.push(src.error(
+                p.span().start,
+                field("on_error"),
+                format!(
+                    "`{}`: expected fail_open, fail_closed or local",
+                    p.get_ref()
+                ),
+            )),
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(Quota {
+        id: RuleId::new(&format!("quota:{name}"), &[]),
+        name,
+        matchers,
+        limits,
+        count,
+        on_error,
+        source: format!("{}:{}", src.name, src.line_of(at)),
+    })
+}
+
+/// Quota names are metric labels and must be unique; fallbacks must name
+/// models that exist.
+pub(crate) fn cross_check(models: &[Model], quotas: &[Quota], errors: &mut Vec<ConfigError>) {
+    let mut seen = HashSet::new();
+    for q in quotas {
+        if !seen.insert(q.name.as_str()) {
+            errors.push(located(
+                &q.source,
+                "quota.name",
+                format!("`{}` names two quotas", q.name),
+            ));
+        }
+    }
+    let names: HashSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    let mut seen = HashSet::new();
+    for m in models {
+        if !seen.insert(m.name.as_str()) {
+            errors.push(located(
+                "",
+                "model.name",
+                format!("`{}` is defined twice", m.name),
+            ));
+        }
+        for f in &m.fallback {
+            if !names.contains(f.as_str()) || f == &m.name {
+                errors.push(located(
+                    "",
+                    "model.fallback",
+                    format!(
+                        "`{}` falls back to `{f}`, which is not another [[model]]",
+                        m.name
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn located(source: &str, field: &str, message: String) -> ConfigError {
+    let (file, line) = source.rsplit_once(':').unwrap_or((source, "0"));
+    ConfigError {
+        file: file.to_string(),
+        line: line.parse().unwrap_or(0),
+        field: field.to_string(),
+        message,
+    }
+}

@@ -1,0 +1,379 @@
+//! One HTTP request through ext_proc, from request headers to the end of
+//! the response: identify, estimate, reserve, pass the response through,
+//! extract usage, settle.
+
+use super::reply;
+use crate::app::App;
+use crate::config::Config;
+use crate::engine::{BudgetView, Reservation, Reserved, Settlement};
+use crate::rules::{Identity, SettlePolicy, Tokens};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValueOption};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_filters::{self as filters, Endpoint, ErrorKind, Provider, SseUsage};
+
+/// Largest non-streamed response body kept to read its usage; above it the
+/// body still passes through, only the usage is not read.
+const MAX_JSON_RESPONSE: usize = 8 << 20;
+
+enum Body {
+    None,
+    Json(Vec<u8>),
+    Sse(Box<SseUsage>),
+}
+
+pub(super) struct Exchange {
+    app: Arc<App>,
+    config: Arc<Config>,
+    endpoint: Option<Endpoint>,
+    identity: Identity,
+    reservation: Option<Reservation>,
+    budget: BudgetView,
+    /// `model` label for metrics: a configured model name, or `_other`.
+    model_label: String,
+    status: u16,
+    body: Body,
+    too_big: bool,
+}
+
+impl Exchange {
+    pub fn new(app: Arc<App>) -> Exchange {
+        let config = app.config.load_full();
+        Exchange {
+            app,
+            config,
+            endpoint: None,
+            identity: Identity::default(),
+            reservation: None,
+            budget: BudgetView::default(),
+            model_label: "_other".into(),
+            status: 0,
+            body: Body::None,
+            too_big: false,
+        }
+    }
+
+    /// Handles one message from Envoy; `None` if it needs no answer.
+    pub async fn on_message(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
+        match msg.request? {
+            Request::RequestHeaders(h) => Some(self.on_request_headers(h.headers.as_ref(), h.end_of_stream)),
+            Request::RequestBody(b) => Some(self.on_request_body(&b.body, b.end_of_stream).await),
+            Request::ResponseHeaders(h) => {
+                let r = self.on_response_headers(h.headers.as_ref());
+                if h.end_of_stream {
+                    self.finish().await;
+                }
+                Some(r)
+            }
+            Request::ResponseBody(b) => {
+                self.on_response_chunk(&b.body);
+                if b.end_of_stream {
+                    self.finish().await;
+                }
+                Some(reply::response_body())
+            }
+            Request::RequestTrailers(_) => Some(ProcessingResponse {
+                response: Some(envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response::RequestTrailers(Default::default())),
+                ..Default::default()
+            }),
+            Request::ResponseTrailers(_) => {
+                self.finish().await;
+                Some(ProcessingResponse {
+                    response: Some(envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response::ResponseTrailers(Default::default())),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    fn on_request_headers(&mut self, headers: Option<&HeaderMap>, end_of_stream: bool) -> ProcessingResponse {
+        let settings = &self.config.llm.settings;
+        let path = header_value(headers, ":path").unwrap_or_default();
+        let method = header_value(headers, ":method").unwrap_or_default();
+        let route = path.split('?').next().unwrap_or_default().to_string();
+        if method.eq_ignore_ascii_case("POST") && !end_of_stream {
+            self.endpoint = Endpoint::from_path(&route);
+        }
+        self.identity = Identity {
+            tenant: header_value(headers, &settings.tenant_header).filter(|t| !t.is_empty()),
+            api_key: header_value(headers, &settings.api_key_header).map(|k| key_hash(&k)),
+            class: header_value(headers, &settings.class_header).filter(|c| !c.is_empty()),
+            model: String::new(),
+            route,
+        };
+        reply::request_headers(vec![])
+    }
+
+    async fn on_request_body(&mut self, body: &[u8], end_of_stream: bool) -> ProcessingResponse {
+        let Some(endpoint) = self.endpoint else {
+            return reply::request_body(vec![], None, None);
+        };
+        let provider = endpoint.provider();
+        let settings = self.config.llm.settings.clone();
+        if body.len() > settings.max_body_bytes || !end_of_stream {
+            // Envoy sends the whole body in BUFFERED mode; a partial one
+            // means it exceeded Envoy's buffer.
+            self.app.metrics.llm_request("_other", "too_large");
+            tracing::info!(bytes = body.len(), "request body over max_body_bytes");
+            return error(provider, 413, ErrorKind::InvalidRequest, "request body too large");
+        }
+        let request = match filters::parse_request(endpoint, body, settings.estimator == "bpe") {
+            Ok(r) => r,
+            Err(e) => {
+                self.app.metrics.llm_request("_other", "invalid");
+                tracing::info!(reason = %e, endpoint = endpoint.as_str(), "unreadable LLM request");
+                return error(provider, 400, ErrorKind::InvalidRequest, &e.to_string());
+            }
+        };
+        let llm = self.config.llm.clone();
+        let model = llm.model(&request.model);
+        self.model_label = model.map(|m| m.name.clone()).unwrap_or_else(|| "_other".into());
+        let (context, default_output) = match model {
+            Some(m) => (m.context_window, m.default_max_output),
+            None if settings.allow_unknown_models => (u64::MAX, settings.unknown_model_max_output),
+            None => {
+                self.app.metrics.llm_request("_other", "unknown_model");
+                return error(provider, 400, ErrorKind::InvalidRequest, "unknown model");
+            }
+        };
+        let prompt = request.prompt_tokens_estimate;
+        let asked = request.max_output_tokens;
+        if prompt > context || asked.is_some_and(|a| prompt.saturating_add(a) > context) {
+            self.app.metrics.llm_request(&self.model_label, "context_exceeded");
+            let msg = format!(
+                "this model's maximum context length is {context} tokens; the request needs about {} (prompt) + {} (output)",
+                prompt,
+                asked.unwrap_or(0)
+            );
+            return error(provider, 400, ErrorKind::ContextLengthExceeded, &msg);
+        }
+        let output = asked.unwrap_or_else(|| default_output.min(context.saturating_sub(prompt)));
+        let estimate = Tokens {
+            prompt,
+            completion: output,
+            cached: 0,
+        };
+        self.identity.model = request.model.clone();
+        let ttl = settings.reservation_ttl;
+        match self.app.engine.reserve(&llm, &self.identity, estimate, ttl).await {
+            Reserved::Denied {
+                quota,
+                retry_after,
+                headers,
+            } => {
+                self.app.metrics.llm_request(&self.model_label, "denied");
+                tracing::info!(quota = %quota, model = %self.model_label, retry_after = ?retry_after, "LLM request over budget");
+                let secs = retry_after.as_millis().div_ceil(1000).max(1);
+                let mut h = budget_headers(&headers);
+                h.push(reply::header("retry-after", secs.to_string()));
+                let msg = format!("rate limit reached for quota `{quota}`; retry in {secs}s");
+                reply::immediate(
+                    429,
+                    h,
+                    filters::error_body(provider, 429, ErrorKind::RateLimited, &msg),
+                    "tollgate_over_budget",
+                )
+            }
+            Reserved::Admitted {
+                reservation,
+                headers,
+            } => {
+                self.app.metrics.llm_request(&self.model_label, "admitted");
+                self.app.metrics.llm_tokens(&self.model_label, "reserved", estimate.prompt + estimate.completion);
+                for t in &reservation.taken {
+                    if matches!(t.what, crate::engine::TakenKind::Tokens { .. }) {
+                        self.app.metrics.quota_tokens(&t.quota, "reserved", t.cost);
+                    }
+                }
+                let meta = reply::metadata(&[
+                    ("reservation_id", Kind::StringValue(reservation.id.clone())),
+                    ("model", Kind::StringValue(request.model.clone())),
+                    ("estimated_tokens", Kind::NumberValue((estimate.prompt + estimate.completion) as f64)),
+                ]);
+                self.reservation = Some(reservation);
+                self.budget = headers;
+                let new_body = if settings.inject_stream_usage {
+                    filters::ensure_stream_usage(body).ok().flatten()
+                } else {
+                    None
+                };
+                let mut upstream = vec![];
+                if let Some(b) = &new_body {
+                    upstream.push(reply::header("content-length", b.len().to_string()));
+                }
+                reply::request_body(upstream, new_body, Some(meta))
+            }
+        }
+    }
+
+    fn on_response_headers(&mut self, headers: Option<&HeaderMap>) -> ProcessingResponse {
+        self.status = header_value(headers, ":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let Some(endpoint) = self.endpoint.filter(|_| self.reservation.is_some()) else {
+            return reply::response_headers(vec![]);
+        };
+        let sse = header_value(headers, "content-type")
+            .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
+        self.body = if sse {
+            Body::Sse(Box::new(SseUsage::new(endpoint)))
+        } else {
+            Body::Json(Vec::new())
+        };
+        reply::response_headers(budget_headers(&self.budget))
+    }
+
+    fn on_response_chunk(&mut self, chunk: &[u8]) {
+        match &mut self.body {
+            Body::Sse(p) => p.feed(chunk),
+            Body::Json(buf) => {
+                if buf.len() + chunk.len() <= MAX_JSON_RESPONSE {
+                    buf.extend_from_slice(chunk);
+                } else {
+                    self.too_big = true;
+                }
+            }
+            Body::None => {}
+        }
+    }
+
+    /// The response ended: settle with its usage, or by policy.
+    async fn finish(&mut self) {
+        let Some(reservation) = self.reservation.take() else { return };
+        let endpoint = self.endpoint.unwrap_or(Endpoint::ChatCompletions);
+        let settings = &self.config.llm.settings;
+        let (usage, output_bytes) = match &self.body {
+            Body::Sse(p) => (p.usage(), p.output_bytes()),
+            Body::Json(b) if !self.too_big => (filters::usage_from_json(endpoint, b).ok().flatten(), 0),
+            _ => (None, 0),
+        };
+        let (settlement, how) = match usage {
+            Some(u) if self.status < 400 => (Settlement::Usage(tokens(&u)), "usage"),
+            _ if self.status >= 400 || self.status == 0 => (
+                assumed(settings.on_upstream_error, &reservation, output_bytes),
+                "upstream_error",
+            ),
+            _ => (assumed(SettlePolicy::KeepEstimate, &reservation, output_bytes), "no_usage"),
+        };
+        self.settle(reservation, settlement, how).await;
+    }
+
+    /// Envoy closed the stream before the response ended: the client went
+    /// away (or the upstream failed). Frees the slot at once.
+    pub async fn on_stream_end(&mut self) {
+        let Some(reservation) = self.reservation.take() else { return };
+        let output_bytes = match &self.body {
+            Body::Sse(p) => p.output_bytes(),
+            _ => 0,
+        };
+        let policy = self.config.llm.settings.on_abort;
+        tracing::info!(model = %self.model_label, "stream ended before the response did; settling by on_abort");
+        let settlement = assumed(policy, &reservation, output_bytes);
+        self.settle(reservation, settlement, "aborted").await;
+    }
+
+    async fn settle(&self, reservation: Reservation, settlement: Settlement, how: &str) {
+        let m = &self.app.metrics;
+        let actual = match settlement {
+            Settlement::Usage(t) | Settlement::Assumed(t) => t,
+        };
+        if let Settlement::Usage(t) = settlement {
+            let est = reservation.estimate;
+            m.llm_tokens(&self.model_label, "actual", t.prompt + t.completion);
+            m.estimate_error(&self.model_label, est.prompt + est.completion, t.prompt + t.completion);
+        }
+        for t in &reservation.taken {
+            if let crate::engine::TakenKind::Tokens { .. } = t.what {
+                let used = crate::engine::token_cost(&t.what, &actual);
+                if used < t.cost {
+                    m.quota_tokens(&t.quota, "refunded", t.cost - used);
+                    m.llm_tokens(&self.model_label, "refunded", t.cost - used);
+                } else {
+                    m.quota_tokens(&t.quota, "overage", used - t.cost);
+                    m.llm_tokens(&self.model_label, "overage", used - t.cost);
+                }
+            }
+        }
+        match self.app.engine.settle(&reservation, settlement).await {
+            Ok(true) => m.llm_settled(how),
+            Ok(false) => m.llm_settled("already_settled"),
+            Err(e) => {
+                // The record's TTL frees the slot and keeps the estimate.
+                m.llm_settled("failed");
+                tracing::warn!(error = %e, "settle failed; the reservation expires by its TTL");
+            }
+        }
+    }
+}
+
+/// The tokens a policy charges when no usage was reported.
+fn assumed(policy: SettlePolicy, r: &Reservation, output_bytes: u64) -> Settlement {
+    Settlement::Assumed(match policy {
+        SettlePolicy::KeepEstimate => r.estimate,
+        SettlePolicy::Refund => Tokens::default(),
+        SettlePolicy::ChargeStreamed => Tokens {
+            prompt: r.estimate.prompt,
+            completion: output_bytes.div_ceil(4),
+            cached: 0,
+        },
+    })
+}
+
+fn tokens(u: &filters::Usage) -> Tokens {
+    Tokens {
+        prompt: u.prompt_tokens,
+        completion: u.completion_tokens,
+        cached: u.cached_prompt_tokens,
+    }
+}
+
+fn error(provider: Provider, status: u16, kind: ErrorKind, message: &str) -> ProcessingResponse {
+    reply::immediate(
+        status,
+        vec![],
+        filters::error_body(provider, status, kind, message),
+        "tollgate_invalid_request",
+    )
+}
+
+/// `x-ratelimit-*` headers in OpenAI's naming.
+fn budget_headers(b: &BudgetView) -> Vec<HeaderValueOption> {
+    let mut h = Vec::new();
+    for (what, r) in [("tokens", b.tokens), ("requests", b.requests)] {
+        if let Some(r) = r {
+            h.push(reply::header(&format!("x-ratelimit-limit-{what}"), r.limit.to_string()));
+            h.push(reply::header(&format!("x-ratelimit-remaining-{what}"), r.remaining.to_string()));
+            h.push(reply::header(&format!("x-ratelimit-reset-{what}"), format_reset(r.reset_after)));
+        }
+    }
+    h
+}
+
+fn format_reset(d: Duration) -> String {
+    format!("{}s", d.as_millis().div_ceil(1000))
+}
+
+fn header_value(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
+    headers?
+        .headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| {
+            if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            }
+        })
+}
+
+/// API keys are matched and counted by a hash: the key never reaches a
+/// store, a log or a metric.
+fn key_hash(raw: &str) -> String {
+    let key = raw.strip_prefix("Bearer ").unwrap_or(raw).trim();
+    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+}

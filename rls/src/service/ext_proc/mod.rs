@@ -1,0 +1,58 @@
+//! `envoy.service.ext_proc.v3.ExternalProcessor`: token budgets for LLM
+//! requests. One gRPC stream is one HTTP request; an [`Exchange`] follows it.
+
+mod exchange;
+mod reply;
+
+use crate::app::App;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use exchange::Exchange;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The external processor service.
+pub struct ExtProcGrpc {
+    app: Arc<App>,
+}
+
+impl ExtProcGrpc {
+    pub fn new(app: Arc<App>) -> ExtProcGrpc {
+        ExtProcGrpc { app }
+    }
+}
+
+type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProcGrpc {
+    type ProcessStream = Replies;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let mut exchange = Exchange::new(self.app.clone());
+        tokio::spawn(async move {
+            // Runs until Envoy closes the stream; whatever is still
+            // reserved then is settled by policy, so a client that goes
+            // away mid-stream frees its slot at once.
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                if let Some(reply) = exchange.on_message(msg).await {
+                    if tx.send(Ok(reply)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            exchange.on_stream_end().await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

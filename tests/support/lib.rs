@@ -1,0 +1,9 @@
+//! The end-to-end harness: start real processes on free loopback ports,
+//! wait until they answer, and kill them on drop. A missing tool fails the
+//! test loudly (run `scripts/install-test-deps.sh`); nothing is skipped.
+
+mod process;
+mod redis;
+
+pub use process::free_port;
+pub use redis::RedisServer;
