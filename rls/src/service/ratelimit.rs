@@ -117,9 +117,11 @@ pub fn response_from(decision: &Decision) -> RateLimitResponse {
     let mut response_headers_to_add = Vec::new();
     if over {
         let secs = decision.retry_after().as_millis().div_ceil(1000).max(1);
+        // Envoy's rate limit filter reads `value` (unlike ext_proc, which
+        // wants `raw_value`).
         response_headers_to_add.push(HeaderValue {
             key: "retry-after".into(),
-            raw_value: secs.to_string().into_bytes(),
+            value: secs.to_string(),
             ..Default::default()
         });
     }
