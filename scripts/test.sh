@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# The whole test suite: installs the test dependencies, then format,
-# clippy, and every test (unit, property, store suites against a real
-# redis-server, end-to-end through a real Envoy and nginx).
+# The whole test suite, as CI runs it (.ci/run): installs what is missing
+# (scripts/install-test-deps.sh), then format check, clippy with warnings
+# as errors, and every test: unit, property, store suites against a real
+# redis-server, end-to-end through a real Envoy and nginx. Exits non-zero
+# on the first failing step (all tests run, then the failures are listed).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
-scripts/install-test-deps.sh
-export PATH="$repo/.venv/bin:$PATH"
-export ENVOY_BIN="$repo/.venv/bin/envoy"
+step() {
+  local start=$SECONDS
+  echo "==> $*"
+  "$@"
+  echo "<== $1 ok ($((SECONDS - start)) s)"
+}
 
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+step scripts/install-test-deps.sh
+
+# The harness finds Envoy through ENVOY_BIN first; CI (if set) passes through.
+export ENVOY_BIN="$repo/.venv/bin/envoy"
+export PATH="$repo/.venv/bin:$PATH"
+
+step cargo fmt --all -- --check
+step cargo clippy --workspace --all-targets -- -D warnings
+step cargo test --workspace --no-fail-fast

@@ -1,8 +1,15 @@
-//! End to end: a real Envoy with its rate limit filter asks a real tollgate
-//! (memory store, then a real redis-server); the client sees 200s, then
-//! 429s with `x-ratelimit-*` and `retry-after`, and shadow rules never deny.
+//! End to end: a real Envoy with its rate limit filter (envoy/ratelimit.yaml,
+//! `failure_mode_deny: true`) asks a real tollgate, on the memory store and
+//! on a real redis-server. The client sees 200s, then a 429 with the
+//! `x-ratelimit-*` headers; other tenants keep their own counters; a shadow
+//! rule counts but never denies.
+//!
+//! Descriptors Envoy sends (domain `edge`):
+//!   `/…`       → [tenant=<x-tenant>]
+//!   `/shadow…` → [tenant=<x-tenant>] and [generic_key=shadow, tenant=<x-tenant>]
 
-use tollgate_testkit::{Envoy, MockLlm, RedisServer, Tollgate};
+use std::time::Duration;
+use tollgate_testkit::{avoid_window_edge, metric, Envoy, MockLlm, RedisServer, Tollgate};
 
 const RULES: &str = r#"
 [[rule]]
@@ -20,13 +27,15 @@ name = "trial"
 
 fn config(store: &str) -> String {
     format!(
-        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[store]\n{store}\n{RULES}"
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+         [store]\n{store}\n{RULES}"
     )
 }
 
+/// Upstream, tollgate and Envoy, dropped (killed) together.
 struct Stack {
-    tollgate: Tollgate,
     envoy: Envoy,
+    tollgate: Tollgate,
     _upstream: MockLlm,
 }
 
@@ -38,23 +47,25 @@ fn stack(store: &str) -> Stack {
         &[
             ("UPSTREAM_PORT", upstream.port().to_string()),
             ("TOLLGATE_PORT", tollgate.grpc_port().to_string()),
-            ("FAILURE_MODE_DENY", "true".into()),
         ],
     );
     Stack {
-        tollgate,
         envoy,
+        tollgate,
         _upstream: upstream,
     }
 }
 
-async fn get(client: &reqwest::Client, url: &str, tenant: &str) -> reqwest::Response {
-    client
-        .get(url)
-        .header("x-tenant", tenant)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+impl Stack {
+    async fn get(&self, client: &reqwest::Client, path: &str, tenant: &str) -> reqwest::Response {
+        let url = self.envoy.url(path);
+        client
+            .get(&url)
+            .header("x-tenant", tenant)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.tollgate.log_text()))
+    }
 }
 
 fn header(r: &reqwest::Response, name: &str) -> String {
@@ -65,63 +76,76 @@ fn header(r: &reqwest::Response, name: &str) -> String {
 }
 
 async fn limits_through_envoy(s: Stack) {
-    let client = reqwest::Client::new();
-    let url = s.envoy.url("/v1/things");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    // Every burst below must land in one minute window.
+    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(5));
+
     for i in 0..5 {
-        let r = get(&client, &url, "a").await;
-        assert_eq!(r.status(), 200, "request {i}: {}", s.tollgate.log_text());
+        let r = s.get(&client, "/v1/things", "a").await;
+        assert_eq!(
+            r.status(),
+            200,
+            "request {i} of tenant a\n{}",
+            s.tollgate.log_text()
+        );
         assert_eq!(header(&r, "x-ratelimit-remaining"), (4 - i).to_string());
     }
-    let r = get(&client, &url, "a").await;
-    assert_eq!(r.status(), 429);
-    assert!(
-        header(&r, "x-ratelimit-limit").starts_with("5, 5;w=60"),
-        "{:?}",
-        r.headers()
-    );
+    let r = s.get(&client, "/v1/things", "a").await;
+    assert_eq!(r.status(), 429, "6th request of tenant a");
+    let limit = header(&r, "x-ratelimit-limit");
+    assert!(limit.starts_with("5, 5;w=60"), "x-ratelimit-limit: {limit}");
     assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
     let reset: u64 = header(&r, "x-ratelimit-reset")
         .parse()
-        .expect("reset is seconds");
-    assert!(reset <= 60);
+        .expect("x-ratelimit-reset in seconds");
+    assert!(reset <= 60, "x-ratelimit-reset: {reset}");
     let retry: u64 = header(&r, "retry-after")
         .parse()
-        .expect("retry-after is seconds");
-    assert!((1..=60).contains(&retry));
-    // Another tenant has its own counter.
-    assert_eq!(get(&client, &url, "b").await.status(), 200);
+        .expect("retry-after in seconds");
+    assert!((1..=60).contains(&retry), "retry-after: {retry}");
 
-    // On /shadow, [generic_key=shadow, tenant] meets the shadow rule (2 per
-    // minute): five requests pass although it is exceeded three times.
-    // (They also take from tenant c's 5/min, which allows exactly five.)
-    let shadow = s.envoy.url("/shadow");
+    // Another tenant has its own counter.
+    assert_eq!(s.get(&client, "/v1/things", "b").await.status(), 200);
+
+    // On /shadow, [generic_key=shadow, tenant=c] meets the shadow rule (2 per
+    // minute): all five requests pass although it is exceeded three times.
+    // ([tenant=c] takes from c's own 5 per minute, which allows exactly 5.)
     for i in 0..5 {
+        let r = s.get(&client, "/shadow", "c").await;
         assert_eq!(
-            get(&client, &shadow, "c").await.status(),
+            r.status(),
             200,
-            "shadow request {i}"
+            "shadow request {i}: a shadow rule never denies"
         );
     }
-    let metrics = client
-        .get(format!("{}/metrics", s.tollgate.admin_url()))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
-    assert!(
-        metrics.contains(r#"tollgate_rule_shadow_mode_total{domain="edge",rule="trial"} 3"#),
-        "{metrics}"
+
+    let metrics = s.tollgate.metrics();
+    let shadow = metric(
+        &metrics,
+        "tollgate_rule_shadow_mode_total",
+        &[("domain", "edge"), ("rule", "trial")],
     );
-    assert!(
-        metrics.contains(r#"tollgate_rule_over_limit_total{domain="edge",rule="edge:tenant"} 1"#)
+    assert_eq!(shadow, Some(3.0), "3 of 5 over the shadow limit\n{metrics}");
+    let over = metric(
+        &metrics,
+        "tollgate_rule_over_limit_total",
+        &[("domain", "edge"), ("rule", "edge:tenant")],
     );
-    // Envoy's own view: 1 over limit on the ingress.
-    assert!(
-        s.envoy.stats().contains("ratelimit.over_limit: 1"),
-        "{}",
-        s.envoy.stats()
+    assert_eq!(over, Some(1.0), "tenant a's 6th request\n{metrics}");
+    // Envoy's own view of the same: one request limited, none failed.
+    assert_eq!(
+        s.envoy.stat("cluster.upstream.ratelimit.over_limit"),
+        Some(1)
+    );
+    assert_eq!(
+        s.envoy
+            .stat("cluster.upstream.ratelimit.error")
+            .unwrap_or(0),
+        0
     );
 }
 

@@ -6,9 +6,10 @@ use crate::app::App;
 use crate::config::{Config, StoreKind};
 use crate::engine::{Clock, Engine};
 use crate::metrics::Metrics;
-use crate::service::RateLimitGrpc;
+use crate::service::{ExtProcGrpc, RateLimitGrpc};
 use crate::store::{MemoryStore, RedisStore, Store};
 use anyhow::Context;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -58,6 +59,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     health
         .set_serving::<RateLimitServiceServer<RateLimitGrpc>>()
         .await;
+    health
+        .set_serving::<ExternalProcessorServer<ExtProcGrpc>>()
+        .await;
 
     let incoming = TcpListenerStream::new(grpc).map(|conn| {
         // Envoy sends small messages on long-lived HTTP/2 connections;
@@ -71,6 +75,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(app.clone())))
+            .add_service(ExternalProcessorServer::new(ExtProcGrpc::new(app.clone())))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
     let admin_task = tokio::spawn(

@@ -1,15 +1,38 @@
-//! The end-to-end harness: start real processes on free loopback ports,
-//! wait until they answer, and kill them on drop. A missing tool fails the
-//! test loudly (run `scripts/install-test-deps.sh`); nothing is skipped.
+//! The end-to-end harness: real processes on loopback ports, each waited
+//! for (bounded) until it answers and killed when dropped.
+//!
+//! * [`process`]: `free_port`, tool lookup, scratch dirs and logs under
+//!   `target/tollgate-test/<name>-<pid>-<n>/`, bounded waits that print the
+//!   last 50 log lines when they fail.
+//! * [`RedisServer`], [`RedisCluster`]: `redis-server` without persistence;
+//!   kill and restart on the same ports for failure tests.
+//! * [`Envoy`]: a bootstrap from `envoy/` with `{{PLACEHOLDER}}`s filled;
+//!   ports read back from Envoy's admin.
+//! * [`Tollgate`]: the real binary on a config given as text; addresses
+//!   read back from its `--ready-file`.
+//! * [`Nginx`]: an `http {}` block in a private prefix.
+//! * [`metric`]: one sample from a `/metrics` scrape; [`avoid_window_edge`]
+//!   keeps a burst inside one fixed window.
+//! * [`MockLlm`]: an in-process OpenAI/Anthropic upstream (JSON and SSE),
+//!   steered by `x-mock-*` request headers; also the `mock-llm` binary.
+//!
+//! A missing tool fails the test with a message naming
+//! `scripts/install-test-deps.sh`; nothing is ever skipped.
+
+#![forbid(unsafe_code)]
 
 mod envoy;
 mod mock_llm;
-mod process;
+mod nginx;
+pub mod process;
+mod prom;
 mod redis;
 mod tollgate;
 
-pub use envoy::Envoy;
+pub use envoy::{envoy_bin, http_get, render_template, Envoy};
 pub use mock_llm::{MockLlm, Received};
-pub use process::free_port;
-pub use redis::RedisServer;
+pub use nginx::Nginx;
+pub use process::{find_tool, free_port, repo_root, scratch_dir, wait_until, Signal};
+pub use prom::{avoid_window_edge, metric};
+pub use redis::{RedisCluster, RedisServer};
 pub use tollgate::Tollgate;

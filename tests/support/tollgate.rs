@@ -1,9 +1,19 @@
-use crate::process::{scratch, Proc};
-use std::path::PathBuf;
+//! The real `tollgate` binary, started on a config given as text. Its
+//! listeners bind `127.0.0.1:0`; tollgate writes the bound addresses to
+//! `--ready-file` (`{"grpc":"127.0.0.1:P1","admin":"127.0.0.1:P2"}`, by
+//! write-then-rename) once both are listening, and the harness reads them
+//! back from there.
+
+use crate::envoy::http_get;
+use crate::process::{scratch_dir, Proc, Signal};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The real `tollgate` binary, started with a config given as text.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running tollgate, killed on drop.
 pub struct Tollgate {
     proc: Proc,
     config: PathBuf,
@@ -12,13 +22,15 @@ pub struct Tollgate {
 }
 
 impl Tollgate {
-    /// `bin` is `env!("CARGO_BIN_EXE_tollgate")`. The config should use
-    /// `127.0.0.1:0` listeners; the bound addresses are read back from the
-    /// ready file.
+    /// Writes `config_toml` to a file and runs `BIN serve --config FILE
+    /// --ready-file READY`; waits (15 s at most) for READY. `bin` is
+    /// `env!("CARGO_BIN_EXE_tollgate")` in the test files. `RUST_LOG` is
+    /// passed through (default `info`).
     pub fn start(bin: &str, config_toml: &str) -> Tollgate {
-        let dir = scratch("tollgate");
+        let dir = scratch_dir("tollgate");
         let config = dir.join("tollgate.toml");
-        std::fs::write(&config, config_toml).expect("write config");
+        std::fs::write(&config, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
         let ready = dir.join("ready.json");
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
@@ -30,27 +42,22 @@ impl Tollgate {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             );
-        let mut proc = Proc::spawn(cmd, dir.join("tollgate.log"));
-        proc.wait_until("tollgate", Duration::from_secs(15), || ready.exists());
-        let text = std::fs::read_to_string(&ready).expect("read ready file");
-        let field = |name: &str| {
-            let start = text
-                .find(&format!("\"{name}\":\""))
-                .expect("ready file field")
-                + name.len()
-                + 4;
-            let end = text[start..].find('"').expect("ready file field end") + start;
-            text[start..end].to_string()
-        };
+        let mut proc = Proc::spawn("tollgate", cmd, dir.join("tollgate.log"));
+        let mut addrs = None;
+        proc.wait_until(START_TIMEOUT, || {
+            addrs = read_ready(&ready);
+            addrs.is_some()
+        });
+        let (grpc, admin) = addrs.expect("set by the wait");
         Tollgate {
-            grpc: field("grpc"),
-            admin: field("admin"),
             proc,
             config,
+            grpc,
+            admin,
         }
     }
 
-    /// `127.0.0.1:PORT` of the gRPC listener.
+    /// `127.0.0.1:PORT` of the gRPC listener (RLS, ext_proc, health).
     pub fn grpc_addr(&self) -> &str {
         &self.grpc
     }
@@ -64,21 +71,61 @@ impl Tollgate {
         format!("http://{}", self.admin)
     }
 
-    pub fn config_path(&self) -> &PathBuf {
+    /// A blocking GET on the admin listener: `(status, body)`. Panics if
+    /// tollgate does not answer.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(&self.admin, path).unwrap_or_else(|| {
+            panic!(
+                "GET {}{path}: no answer\n{}",
+                self.admin_url(),
+                self.proc.tail()
+            )
+        })
+    }
+
+    /// The admin `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.admin_get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// The config file tollgate runs on (rewrite it, then `signal(SIGHUP)`
+    /// to test a reload).
+    pub fn config_path(&self) -> &Path {
         &self.config
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     pub fn pid(&self) -> u32 {
-        self.proc.child.id()
+        self.proc.pid()
     }
 
+    /// Sends a signal, e.g. `Signal::SIGHUP` (reload) or `Signal::SIGTERM`
+    /// (drain and stop).
+    pub fn signal(&mut self, signal: Signal) {
+        self.proc.signal(signal);
+    }
+
+    /// Waits (bounded) until tollgate exits by itself, e.g. after SIGTERM.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.proc.wait_exit(timeout)
+    }
+
+    /// SIGKILL (dropping it does the same).
     pub fn kill(&mut self) {
         self.proc.kill();
     }
+}
+
+/// The two addresses of a complete ready file, or `None` for now.
+fn read_ready(path: &Path) -> Option<(String, String)> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let field = |name| v.get(name)?.as_str().map(str::to_string);
+    Some((field("grpc")?, field("admin")?))
 }
 
 pub(crate) fn port_of(addr: &str) -> u16 {

@@ -1,6 +1,7 @@
 //! The gRPC protocol edge: proto in, domain types to the engine, proto out.
 
-// pub mod ext_proc; (waits for tollgate-filters)
+pub mod ext_proc;
 pub mod ratelimit;
 
+pub use ext_proc::ExtProcGrpc;
 pub use ratelimit::RateLimitGrpc;

@@ -1,17 +1,33 @@
-//! `mock-llm --listen 127.0.0.1:8080`: the test suite's mock LLM upstream,
-//! for demos and benchmarks.
+//! `mock-llm [--listen 127.0.0.1:8080]`: the test suite's mock LLM
+//! upstream (OpenAI and Anthropic, JSON and SSE, steered by `x-mock-*`
+//! headers; see `tests/support/mock_llm.rs`), for demos and benchmarks.
+
+#![forbid(unsafe_code)]
 
 fn main() {
-    let mut args = std::env::args().skip(1);
     let mut listen = "127.0.0.1:8080".to_string();
-    while let Some(a) = args.next() {
-        if a == "--listen" {
-            listen = args.next().unwrap_or(listen);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => match args.next() {
+                Some(addr) => listen = addr,
+                None => usage("--listen needs an address"),
+            },
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
         }
     }
     let mock = tollgate_testkit::MockLlm::start_on(&listen);
-    eprintln!("mock-llm listening on 127.0.0.1:{}", mock.port());
+    eprintln!("mock-llm listening on {}", mock.url());
     loop {
         std::thread::park();
     }
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("mock-llm: {problem}");
+    }
+    eprintln!("usage: mock-llm [--listen ADDR]   (default 127.0.0.1:8080)");
+    std::process::exit(if problem.is_empty() { 0 } else { 2 });
 }

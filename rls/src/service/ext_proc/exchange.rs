@@ -90,7 +90,11 @@ impl Exchange {
         }
     }
 
-    fn on_request_headers(&mut self, headers: Option<&HeaderMap>, end_of_stream: bool) -> ProcessingResponse {
+    fn on_request_headers(
+        &mut self,
+        headers: Option<&HeaderMap>,
+        end_of_stream: bool,
+    ) -> ProcessingResponse {
         let settings = &self.config.llm.settings;
         let path = header_value(headers, ":path").unwrap_or_default();
         let method = header_value(headers, ":method").unwrap_or_default();
@@ -119,7 +123,12 @@ impl Exchange {
             // means it exceeded Envoy's buffer.
             self.app.metrics.llm_request("_other", "too_large");
             tracing::info!(bytes = body.len(), "request body over max_body_bytes");
-            return error(provider, 413, ErrorKind::InvalidRequest, "request body too large");
+            return error(
+                provider,
+                413,
+                ErrorKind::InvalidRequest,
+                "request body too large",
+            );
         }
         let request = match filters::parse_request(endpoint, body, settings.estimator == "bpe") {
             Ok(r) => r,
@@ -131,7 +140,9 @@ impl Exchange {
         };
         let llm = self.config.llm.clone();
         let model = llm.model(&request.model);
-        self.model_label = model.map(|m| m.name.clone()).unwrap_or_else(|| "_other".into());
+        self.model_label = model
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| "_other".into());
         let (context, default_output) = match model {
             Some(m) => (m.context_window, m.default_max_output),
             None if settings.allow_unknown_models => (u64::MAX, settings.unknown_model_max_output),
@@ -143,7 +154,9 @@ impl Exchange {
         let prompt = request.prompt_tokens_estimate;
         let asked = request.max_output_tokens;
         if prompt > context || asked.is_some_and(|a| prompt.saturating_add(a) > context) {
-            self.app.metrics.llm_request(&self.model_label, "context_exceeded");
+            self.app
+                .metrics
+                .llm_request(&self.model_label, "context_exceeded");
             let msg = format!(
                 "this model's maximum context length is {context} tokens; the request needs about {} (prompt) + {} (output)",
                 prompt,
@@ -159,7 +172,12 @@ impl Exchange {
         };
         self.identity.model = request.model.clone();
         let ttl = settings.reservation_ttl;
-        match self.app.engine.reserve(&llm, &self.identity, estimate, ttl).await {
+        match self
+            .app
+            .engine
+            .reserve(&llm, &self.identity, estimate, ttl)
+            .await
+        {
             Reserved::Denied {
                 quota,
                 retry_after,
@@ -183,7 +201,11 @@ impl Exchange {
                 headers,
             } => {
                 self.app.metrics.llm_request(&self.model_label, "admitted");
-                self.app.metrics.llm_tokens(&self.model_label, "reserved", estimate.prompt + estimate.completion);
+                self.app.metrics.llm_tokens(
+                    &self.model_label,
+                    "reserved",
+                    estimate.prompt + estimate.completion,
+                );
                 for t in &reservation.taken {
                     if matches!(t.what, crate::engine::TakenKind::Tokens { .. }) {
                         self.app.metrics.quota_tokens(&t.quota, "reserved", t.cost);
@@ -192,12 +214,15 @@ impl Exchange {
                 let meta = reply::metadata(&[
                     ("reservation_id", Kind::StringValue(reservation.id.clone())),
                     ("model", Kind::StringValue(request.model.clone())),
-                    ("estimated_tokens", Kind::NumberValue((estimate.prompt + estimate.completion) as f64)),
+                    (
+                        "estimated_tokens",
+                        Kind::NumberValue((estimate.prompt + estimate.completion) as f64),
+                    ),
                 ]);
                 self.reservation = Some(reservation);
                 self.budget = headers;
                 let new_body = if settings.inject_stream_usage {
-                    filters::ensure_stream_usage(body).ok().flatten()
+                    filters::ensure_stream_usage(endpoint, body).ok().flatten()
                 } else {
                     None
                 };
@@ -243,12 +268,19 @@ impl Exchange {
 
     /// The response ended: settle with its usage, or by policy.
     async fn finish(&mut self) {
-        let Some(reservation) = self.reservation.take() else { return };
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
         let endpoint = self.endpoint.unwrap_or(Endpoint::ChatCompletions);
         let settings = &self.config.llm.settings;
-        let (usage, output_bytes) = match &self.body {
-            Body::Sse(p) => (p.usage(), p.output_bytes()),
-            Body::Json(b) if !self.too_big => (filters::usage_from_json(endpoint, b).ok().flatten(), 0),
+        let (usage, output_bytes) = match &mut self.body {
+            Body::Sse(p) => {
+                p.finish();
+                (p.usage(), p.output_bytes())
+            }
+            Body::Json(b) if !self.too_big => {
+                (filters::usage_from_json(endpoint, b).ok().flatten(), 0)
+            }
             _ => (None, 0),
         };
         let (settlement, how) = match usage {
@@ -257,7 +289,10 @@ impl Exchange {
                 assumed(settings.on_upstream_error, &reservation, output_bytes),
                 "upstream_error",
             ),
-            _ => (assumed(SettlePolicy::KeepEstimate, &reservation, output_bytes), "no_usage"),
+            _ => (
+                assumed(SettlePolicy::KeepEstimate, &reservation, output_bytes),
+                "no_usage",
+            ),
         };
         self.settle(reservation, settlement, how).await;
     }
@@ -265,7 +300,9 @@ impl Exchange {
     /// Envoy closed the stream before the response ended: the client went
     /// away (or the upstream failed). Frees the slot at once.
     pub async fn on_stream_end(&mut self) {
-        let Some(reservation) = self.reservation.take() else { return };
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
         let output_bytes = match &self.body {
             Body::Sse(p) => p.output_bytes(),
             _ => 0,
@@ -284,7 +321,11 @@ impl Exchange {
         if let Settlement::Usage(t) = settlement {
             let est = reservation.estimate;
             m.llm_tokens(&self.model_label, "actual", t.prompt + t.completion);
-            m.estimate_error(&self.model_label, est.prompt + est.completion, t.prompt + t.completion);
+            m.estimate_error(
+                &self.model_label,
+                est.prompt + est.completion,
+                t.prompt + t.completion,
+            );
         }
         for t in &reservation.taken {
             if let crate::engine::TakenKind::Tokens { .. } = t.what {
@@ -345,9 +386,18 @@ fn budget_headers(b: &BudgetView) -> Vec<HeaderValueOption> {
     let mut h = Vec::new();
     for (what, r) in [("tokens", b.tokens), ("requests", b.requests)] {
         if let Some(r) = r {
-            h.push(reply::header(&format!("x-ratelimit-limit-{what}"), r.limit.to_string()));
-            h.push(reply::header(&format!("x-ratelimit-remaining-{what}"), r.remaining.to_string()));
-            h.push(reply::header(&format!("x-ratelimit-reset-{what}"), format_reset(r.reset_after)));
+            h.push(reply::header(
+                &format!("x-ratelimit-limit-{what}"),
+                r.limit.to_string(),
+            ));
+            h.push(reply::header(
+                &format!("x-ratelimit-remaining-{what}"),
+                r.remaining.to_string(),
+            ));
+            h.push(reply::header(
+                &format!("x-ratelimit-reset-{what}"),
+                format_reset(r.reset_after),
+            ));
         }
     }
     h

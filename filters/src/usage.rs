@@ -1,0 +1,116 @@
+//! Usage reported by a non-streamed response body.
+
+use crate::Endpoint;
+use serde_json::Value;
+
+/// Tokens a response used, as the provider reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// All input tokens, cached ones included (Anthropic reports cache
+    /// reads and writes apart from `input_tokens`; they are added here).
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those served from the provider's prompt cache.
+    pub cached_prompt_tokens: u64,
+}
+
+/// Why a response body gave no usage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    #[error("response body is not valid JSON")]
+    InvalidJson,
+}
+
+/// Usage from a JSON response body; `Ok(None)` when it reports none.
+pub fn usage_from_json(endpoint: Endpoint, body: &[u8]) -> Result<Option<Usage>, UsageError> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| UsageError::InvalidJson)?;
+    let usage = match endpoint {
+        Endpoint::Responses => v.get("usage").or_else(|| v.pointer("/response/usage")),
+        _ => v.get("usage"),
+    };
+    Ok(usage.and_then(|u| from_usage_object(endpoint, u)))
+}
+
+fn n(v: &Value, path: &str) -> Option<u64> {
+    v.pointer(path).and_then(Value::as_u64)
+}
+
+/// Reads a provider's `usage` object.
+pub(crate) fn from_usage_object(endpoint: Endpoint, u: &Value) -> Option<Usage> {
+    if !u.is_object() {
+        return None;
+    }
+    Some(match endpoint {
+        Endpoint::AnthropicMessages => {
+            let read = n(u, "/cache_read_input_tokens").unwrap_or(0);
+            let write = n(u, "/cache_creation_input_tokens").unwrap_or(0);
+            Usage {
+                prompt_tokens: n(u, "/input_tokens").unwrap_or(0) + read + write,
+                completion_tokens: n(u, "/output_tokens").unwrap_or(0),
+                cached_prompt_tokens: read,
+            }
+        }
+        Endpoint::Responses => Usage {
+            prompt_tokens: n(u, "/input_tokens")?,
+            completion_tokens: n(u, "/output_tokens").unwrap_or(0),
+            cached_prompt_tokens: n(u, "/input_tokens_details/cached_tokens").unwrap_or(0),
+        },
+        _ => Usage {
+            prompt_tokens: n(u, "/prompt_tokens")?,
+            completion_tokens: n(u, "/completion_tokens").unwrap_or(0),
+            cached_prompt_tokens: n(u, "/prompt_tokens_details/cached_tokens").unwrap_or(0),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_provider() {
+        let chat = br#"{"usage":{"prompt_tokens":10,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":4}}}"#;
+        assert_eq!(
+            usage_from_json(Endpoint::ChatCompletions, chat).unwrap(),
+            Some(Usage {
+                prompt_tokens: 10,
+                completion_tokens: 20,
+                cached_prompt_tokens: 4
+            })
+        );
+        let emb = br#"{"usage":{"prompt_tokens":7,"total_tokens":7}}"#;
+        assert_eq!(
+            usage_from_json(Endpoint::Embeddings, emb)
+                .unwrap()
+                .unwrap()
+                .prompt_tokens,
+            7
+        );
+        let resp = br#"{"usage":{"input_tokens":5,"output_tokens":6,"input_tokens_details":{"cached_tokens":1}}}"#;
+        assert_eq!(
+            usage_from_json(Endpoint::Responses, resp).unwrap(),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 6,
+                cached_prompt_tokens: 1
+            })
+        );
+        let ant = br#"{"usage":{"input_tokens":3,"output_tokens":9,"cache_read_input_tokens":100,"cache_creation_input_tokens":2}}"#;
+        assert_eq!(
+            usage_from_json(Endpoint::AnthropicMessages, ant).unwrap(),
+            Some(Usage {
+                prompt_tokens: 105,
+                completion_tokens: 9,
+                cached_prompt_tokens: 100
+            })
+        );
+        assert_eq!(
+            usage_from_json(Endpoint::ChatCompletions, b"{}").unwrap(),
+            None
+        );
+        assert_eq!(
+            usage_from_json(Endpoint::ChatCompletions, b"{oops").unwrap_err(),
+            UsageError::InvalidJson
+        );
+    }
+}
