@@ -50,6 +50,12 @@ shadow = true
 name = "trial"
 
 [[rule]]
+domain = "llm"
+match = ["tenant", "request_id"]
+limit = { tokens = 1000, per = "minute" }
+reserve = "request_id"
+
+[[rule]]
 domain = "tokens"
 match = ["tenant"]
 limit = { tokens = 1000, per = "minute", algorithm = "token_bucket" }
@@ -137,6 +143,7 @@ for_each_store!(
     shadow_counts_but_never_denies,
     hits_addend_zero_checks_and_negative_hits_refund,
     tokens_as_hits_addend,
+    reserve_and_reconcile_over_rls,
 );
 
 async fn one_counter_per_value(h: Harness) {
@@ -283,4 +290,52 @@ async fn tokens_as_hits_addend(h: Harness) {
     assert_eq!(d.retry_after(), Duration::from_secs(6));
     h.engine.clock().advance_ms(6_000);
     assert_eq!(h.engine.decide(&h.rules, &check(400)).await.code, Code::Ok);
+}
+
+async fn reserve_and_reconcile_over_rls(h: Harness) {
+    let call = |id: &str, hits: u64, done: bool| {
+        let mut entries = vec![("tenant", "a"), ("request_id", id)];
+        if done {
+            entries.push(("phase", "done"));
+        }
+        Check {
+            domain: "llm".into(),
+            descriptors: vec![desc(&entries)],
+            hits,
+        }
+    };
+    // Request path: the estimate (600) is taken; the request id is not a
+    // separate counter, so a second 600 does not fit.
+    let d = h.engine.decide(&h.rules, &call("r1", 600, false)).await;
+    assert_eq!(d.code, Code::Ok);
+    assert_eq!(d.descriptors[0].remaining, 400);
+    assert_eq!(
+        h.engine
+            .decide(&h.rules, &call("r2", 600, false))
+            .await
+            .code,
+        Code::OverLimit
+    );
+    // Stream done: 100 actually used, 500 come back.
+    assert_eq!(
+        h.engine.decide(&h.rules, &call("r1", 100, true)).await.code,
+        Code::Ok
+    );
+    let d = h.engine.decide(&h.rules, &call("r2", 600, false)).await;
+    assert_eq!(d.code, Code::Ok, "100 + 600 fits");
+    assert_eq!(d.descriptors[0].remaining, 300);
+    // A repeated done call changes nothing; r2 uses 900 (overage 300).
+    assert_eq!(
+        h.engine.decide(&h.rules, &call("r1", 100, true)).await.code,
+        Code::Ok
+    );
+    assert_eq!(
+        h.engine.decide(&h.rules, &call("r2", 900, true)).await.code,
+        Code::Ok
+    );
+    let d = h.engine.decide(&h.rules, &call("r3", 0, false)).await;
+    assert_eq!(
+        d.descriptors[0].remaining, 0,
+        "100 + 900 = the whole budget"
+    );
 }

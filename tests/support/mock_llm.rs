@@ -12,6 +12,9 @@
 //! | `x-mock-status: S` | answer status S with the provider's error body (any path) |
 //! | `x-mock-fail-mid-stream: true` | cut the connection halfway through the body |
 //!
+//! Prompt tokens include the cached ones, as OpenAI counts them; Anthropic's
+//! `input_tokens` is reported as prompt − cached, beside `cache_read_input_tokens`.
+//!
 //! OpenAI streams carry usage only when `stream_options.include_usage` is
 //! true (a last chunk with `usage` and empty `choices`, as OpenAI does);
 //! Responses streams end with `response.completed` carrying usage;

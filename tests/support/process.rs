@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
@@ -73,16 +73,39 @@ pub fn find_tool(name: &str, env_var: &str) -> PathBuf {
 /// A fresh directory for one process's files:
 /// `target/tollgate-test/<name>-<pid>-<n>/` (`n` counts within this test
 /// process, so that several instances of one tool do not share a log).
+/// The first call in a test process removes the directories of test
+/// processes that have ended, so `target/tollgate-test/` holds the last
+/// run's logs, not every run's.
 pub fn scratch_dir(name: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static SWEEP: Once = Once::new();
+    let root = repo_root().join("target/tollgate-test");
+    SWEEP.call_once(|| remove_dead_dirs(&root));
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = repo_root()
-        .join("target/tollgate-test")
-        .join(format!("{name}-{}-{n}", std::process::id()));
+    let dir = root.join(format!("{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
+}
+
+/// Removes `<name>-<pid>-<n>` directories whose test process is gone.
+fn remove_dead_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let pid = file_name
+            .to_str()
+            .and_then(|n| n.rsplit('-').nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 /// The last `n` lines of a file (empty if it cannot be read).

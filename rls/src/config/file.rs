@@ -57,6 +57,9 @@ pub(crate) struct RuleView {
     #[serde(default)]
     pub detailed_metric: bool,
     pub on_error: Option<Spanned<String>>,
+    /// Reserve/reconcile over RLS: the descriptor key whose value names the
+    /// request (e.g. `request_id`).
+    pub reserve: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -305,6 +305,28 @@ fn rule(
             on_error = Some(p);
         }
     }
+    let mut reserve = None;
+    if let Some(k) = &v.reserve {
+        let key = k.get_ref().trim().to_string();
+        if !pattern
+            .iter()
+            .any(|p| matches!(p, EntryPattern::AnyValue { key: pk } if *pk == key))
+        {
+            errors.push(src.error(
+                k.span().start,
+                field("reserve"),
+                format!("`{key}` must be a bare key in `match` (one value per request)"),
+            ));
+        }
+        if v.shadow || v.unlimited {
+            errors.push(src.error(
+                k.span().start,
+                field("reserve"),
+                "a reserving rule cannot be shadow or unlimited",
+            ));
+        }
+        reserve = Some(key);
+    }
     let name = v.name.as_ref().map(|n| n.get_ref().trim().to_string());
     if let Some(n) = &v.name {
         if n.get_ref().trim().is_empty() {
@@ -329,6 +351,7 @@ fn rule(
         detailed_metric: v.detailed_metric,
         replaces: v.replaces,
         on_error,
+        reserve,
         source: format!("{}:{}", src.name, src.line_of(at)),
     })
 }

@@ -98,7 +98,7 @@ impl CountRecord {
 }
 
 impl LimitRecord {
-    fn from_limit(l: &Limit) -> LimitRecord {
+    pub(super) fn from_limit(l: &Limit) -> LimitRecord {
         LimitRecord {
             amount: l.amount,
             period_ms: l.period.millis(),

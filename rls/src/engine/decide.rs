@@ -23,6 +23,28 @@ pub struct Engine {
     metrics: Arc<Metrics>,
 }
 
+/// The descriptor entry Envoy adds to the stream-done call
+/// (`generic_key { descriptor_key: phase, descriptor_value: done }`).
+pub const DONE_KEY: &str = "phase";
+pub const DONE_VALUE: &str = "done";
+
+/// Everything a check asks of the store.
+#[derive(Default)]
+struct Planned<'r> {
+    takes: Plan<'r>,
+    gives: Plan<'r>,
+    /// The first descriptor of a reserving rule: (descriptor, rule, id).
+    reserving: Option<(usize, &'r Rule, String)>,
+    /// Stream-done calls to settle.
+    settles: Vec<Settle<'r>>,
+}
+
+struct Settle<'r> {
+    rule: &'r Rule,
+    id: String,
+    actual: u64,
+}
+
 /// The hits of one check, with, at the same index, what each belongs to.
 #[derive(Default)]
 struct Plan<'r> {
@@ -76,7 +98,21 @@ impl Engine {
     /// in one all-or-nothing step, and says what each descriptor met.
     pub async fn decide(&self, rules: &RuleSet, check: &Check) -> Decision {
         let now = self.clock.now_ms();
-        let (takes, gives) = self.plan(rules, check);
+        let Planned {
+            takes,
+            gives,
+            reserving,
+            settles,
+        } = self.plan(rules, check);
+        let hold = reserving.map(|(i, rule, id)| {
+            let own = takes
+                .hits
+                .iter()
+                .zip(&takes.owners)
+                .filter(|(_, o)| o.descriptor == i)
+                .map(|(h, _)| h);
+            self.rls_hold(own, rule, &id, now)
+        });
 
         let mut given = Vec::new();
         if !gives.hits.is_empty() {
@@ -96,7 +132,7 @@ impl Engine {
         };
         if !takes.hits.is_empty() {
             taken = match self
-                .timed("take", self.store.take(&takes.hits, None, now))
+                .timed("take", self.store.take(&takes.hits, hold.as_ref(), now))
                 .await
             {
                 Ok(o) => o,
@@ -112,6 +148,9 @@ impl Engine {
         }
         for ((hit, owner), state) in takes.hits.iter().zip(&takes.owners).zip(&taken.hits) {
             self.count(check, hit, *owner, state);
+        }
+        for s in &settles {
+            self.rls_settle(s.rule, &s.id, s.actual).await;
         }
         let mut results = empty_results(check);
         for (plan, states) in [(&takes, &taken.hits), (&gives, &given)] {
@@ -131,35 +170,76 @@ impl Engine {
 
     /// Matches rules, applies `replaces`, and builds the hits to take and to
     /// give back.
-    fn plan<'r>(&self, rules: &'r RuleSet, check: &Check) -> (Plan<'r>, Plan<'r>) {
-        let matched: Vec<Option<&Rule>> = check
+    fn plan<'r>(&self, rules: &'r RuleSet, check: &Check) -> Planned<'r> {
+        let lookup = |entries: &[(String, String)]| {
+            let entries = entries.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            rules
+                .tree
+                .lookup(&check.domain, entries)
+                .and_then(|i| rules.get(i))
+        };
+        // A trailing `phase=done` on a reserving rule's descriptor is the
+        // stream-done call that settles the reservation.
+        let matched: Vec<(Option<&Rule>, bool)> = check
             .descriptors
             .iter()
             .map(|d| {
-                let entries = d.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                rules
-                    .tree
-                    .lookup(&check.domain, entries)
-                    .and_then(|i| rules.get(i))
+                if let Some((last, rest)) = d.entries.split_last() {
+                    if last.0 == DONE_KEY && last.1 == DONE_VALUE {
+                        if let Some(rule) = lookup(rest).filter(|r| r.reserve.is_some()) {
+                            return (Some(rule), true);
+                        }
+                    }
+                }
+                (lookup(&d.entries), false)
             })
             .collect();
         let replaced: HashSet<&str> = matched
             .iter()
-            .flatten()
+            .filter_map(|(r, _)| *r)
             .flat_map(|r| r.replaces.iter().map(String::as_str))
             .collect();
-        let mut takes = Plan::default();
-        let mut gives = Plan::default();
-        for (i, (d, rule)) in check.descriptors.iter().zip(matched).enumerate() {
+        let mut p = Planned::default();
+        for (i, (d, (rule, done))) in check.descriptors.iter().zip(matched).enumerate() {
             let Some(rule) = rule else { continue };
             if rule.unlimited || rule.name.as_deref().is_some_and(|n| replaced.contains(n)) {
                 continue;
             }
             let cost = d.hits.unwrap_or(check.hits.max(1)).min(MAX_COST);
-            let plan = if d.negative { &mut gives } else { &mut takes };
+            let id = rule.reserve.as_deref().and_then(|key| {
+                d.entries
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            });
+            if done {
+                if let Some(id) = id {
+                    p.settles.push(Settle {
+                        rule,
+                        id,
+                        actual: cost,
+                    });
+                }
+                continue;
+            }
+            // The request id names the reservation, not the counter.
+            let entries: Vec<(String, String)> = d
+                .entries
+                .iter()
+                .filter(|(k, _)| Some(k.as_str()) != rule.reserve.as_deref())
+                .cloned()
+                .collect();
+            let plan = if d.negative {
+                &mut p.gives
+            } else {
+                &mut p.takes
+            };
+            if let (Some(id), false, None) = (&id, d.negative, &p.reserving) {
+                p.reserving = Some((i, rule, id.clone()));
+            }
             for limit in &rule.limits {
                 plan.hits.push(Hit {
-                    key: counter_base(rule, limit, &d.entries),
+                    key: counter_base(rule, limit, &entries),
                     counter: Counter::Rate(*limit),
                     cost,
                     enforce: !rule.shadow,
@@ -170,7 +250,7 @@ impl Engine {
                 });
             }
         }
-        (takes, gives)
+        p
     }
 
     pub(super) async fn timed<T>(

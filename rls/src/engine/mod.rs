@@ -5,6 +5,7 @@ mod check;
 mod clock;
 mod decide;
 mod keys;
+mod rls_reserve;
 
 pub use budget::{
     token_cost, BudgetView, Remaining, Reservation, Reserved, Settlement, Taken, TakenKind,

@@ -112,6 +112,10 @@ pub struct Rule {
     pub replaces: Vec<String>,
     /// What to answer when the store fails; `None` = the store's default.
     pub on_error: Option<FailurePolicy>,
+    /// Reserve/reconcile over RLS: the descriptor key that names the
+    /// request. Its value is not part of the counter's identity; it keys
+    /// the reservation that the stream-done call settles.
+    pub reserve: Option<String>,
     /// `file:line` of the rule, for logs and `/config`.
     pub source: String,
 }

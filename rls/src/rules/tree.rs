@@ -141,6 +141,7 @@ mod tests {
             detailed_metric: false,
             replaces: vec![],
             on_error: None,
+            reserve: None,
             source: String::new(),
         }
     }

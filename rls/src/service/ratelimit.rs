@@ -43,6 +43,12 @@ impl RateLimitService for RateLimitGrpc {
             tracing::info!(reason = %e, "invalid rate limit request");
             Status::invalid_argument(e)
         })?;
+        tracing::debug!(
+            descriptors = check.descriptors.len(),
+            hits = check.hits,
+            descriptor_hits = ?check.descriptors.iter().map(|d| d.hits).collect::<Vec<_>>(),
+            "rate limit request"
+        );
         let config = self.app.config.load();
         let decision = self.app.engine.decide(&config.rules, &check).await;
         let over = decision.code == Code::OverLimit;

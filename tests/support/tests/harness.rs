@@ -74,8 +74,13 @@ fn envoy_configs_validate() {
         let mut vars: Vec<(String, String)> = Vec::new();
         for (i, piece) in text.split("{{").skip(1).enumerate() {
             let key = piece.split("}}").next().unwrap_or_default().to_string();
-            if key.contains("PORT") && !vars.iter().any(|(k, _)| *k == key) {
+            if vars.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            if key.contains("PORT") {
                 vars.push((key, (20000 + i).to_string()));
+            } else if key == "ESTIMATE" {
+                vars.push((key, "1000".to_string()));
             }
         }
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
