@@ -283,6 +283,18 @@ tokens_per_day = 1000000
         16.0,
         "{m}"
     );
+    // The cases' usage, in raw tokens (the probes used none).
+    assert_eq!(
+        metric(
+            &m,
+            "tollgate_llm_tokens_total{kind=\"actual\",model=\"gpt-4o\"}"
+        ) + metric(
+            &m,
+            "tollgate_llm_tokens_total{kind=\"actual\",model=\"claude-sonnet\"}"
+        ),
+        used as f64,
+        "{m}"
+    );
 }
 
 /// 200 concurrent requests through Envoy against one budget shared by two

@@ -452,6 +452,22 @@ mod tests {
     }
 
     #[test]
+    fn every_example_config_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                if let Err(e) = crate::config::load(&path) {
+                    panic!("{}: {e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "examples in {}", dir.display());
+    }
+
+    #[test]
     fn a_minimal_file_gives_the_defaults() {
         let c = parse_str("t.toml", "").unwrap();
         assert_eq!(c.server.grpc_listen.to_string(), "127.0.0.1:8081");

@@ -20,6 +20,9 @@ use tollgate_filters::{self as filters, Endpoint, ErrorKind, Provider, SseUsage}
 /// body still passes through, only the usage is not read.
 const MAX_JSON_RESPONSE: usize = 8 << 20;
 
+/// Request bodies above this are parsed off the async reactor.
+const BLOCKING_PARSE_BYTES: usize = 32 << 10;
+
 enum Body {
     None,
     Json(Vec<u8>),
@@ -130,7 +133,19 @@ impl Exchange {
                 "request body too large",
             );
         }
-        let request = match filters::parse_request(endpoint, body, settings.estimator == "bpe") {
+        let bpe = settings.estimator == "bpe";
+        // BPE runs at about 50 MB/s: past ~32 KiB a prompt would hold the
+        // reactor for more than half a millisecond, so large bodies are
+        // counted on the blocking pool.
+        let parsed = if body.len() > BLOCKING_PARSE_BYTES {
+            let owned = body.to_vec();
+            tokio::task::spawn_blocking(move || filters::parse_request(endpoint, &owned, bpe))
+                .await
+                .unwrap_or(Err(filters::RequestError::NotAnObject))
+        } else {
+            filters::parse_request(endpoint, body, bpe)
+        };
+        let request = match parsed {
             Ok(r) => r,
             Err(e) => {
                 self.app.metrics.llm_request("_other", "invalid");
@@ -318,25 +333,20 @@ impl Exchange {
         let actual = match settlement {
             Settlement::Usage(t) | Settlement::Assumed(t) => t,
         };
-        if let Settlement::Usage(t) = settlement {
-            let est = reservation.estimate;
-            m.llm_tokens(&self.model_label, "actual", t.prompt + t.completion);
-            m.estimate_error(
-                &self.model_label,
-                est.prompt + est.completion,
-                t.prompt + t.completion,
-            );
+        // Per model in raw tokens; per quota in the quota's own count.
+        let est = reservation.estimate.prompt + reservation.estimate.completion;
+        let used = actual.prompt + actual.completion;
+        if let Settlement::Usage(_) = settlement {
+            m.llm_tokens(&self.model_label, "actual", used);
+            m.estimate_error(&self.model_label, est, used);
         }
+        m.llm_tokens(&self.model_label, "refunded", est.saturating_sub(used));
+        m.llm_tokens(&self.model_label, "overage", used.saturating_sub(est));
         for t in &reservation.taken {
             if let crate::engine::TakenKind::Tokens { .. } = t.what {
-                let used = crate::engine::token_cost(&t.what, &actual);
-                if used < t.cost {
-                    m.quota_tokens(&t.quota, "refunded", t.cost - used);
-                    m.llm_tokens(&self.model_label, "refunded", t.cost - used);
-                } else {
-                    m.quota_tokens(&t.quota, "overage", used - t.cost);
-                    m.llm_tokens(&self.model_label, "overage", used - t.cost);
-                }
+                let cost = crate::engine::token_cost(&t.what, &actual);
+                m.quota_tokens(&t.quota, "refunded", t.cost.saturating_sub(cost));
+                m.quota_tokens(&t.quota, "overage", cost.saturating_sub(t.cost));
             }
         }
         match self.app.engine.settle(&reservation, settlement).await {
