@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tollgate_testkit::{Envoy, MockLlm, RedisServer, Tollgate};
+use tollgate_testkit::{avoid_window_edge, Envoy, MockLlm, RedisServer, Tollgate};
 
 fn config(store: &str, quotas: &str) -> String {
     format!(
@@ -123,6 +123,8 @@ tokens_per_minute = 1000
 
 /// 200s, then a 429 with retry-after; refunds make room as computed.
 async fn budget_refund_and_429(s: Stack) {
+    // The arithmetic below assumes one minute window throughout.
+    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(15));
     // Three slow streams, each reserving 8 + 300 = 308: 924 of 1000.
     let mut streams = Vec::new();
     for _ in 0..3 {
@@ -213,6 +215,7 @@ name = "big"
 match = { tenant = "t" }
 tokens_per_day = 1000000
 "#;
+    avoid_window_edge(Duration::from_secs(86_400), Duration::from_secs(30));
     let s = stack("kind = \"memory\"", quota, 1);
     let hi = json!([{"role": "user", "content": "hi"}]);
     let cases: Vec<(&str, Value)> = vec![

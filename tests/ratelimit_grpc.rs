@@ -8,7 +8,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::google::protobuf::UInt64Value;
-use tollgate_testkit::Tollgate;
+use std::time::Duration;
+use tollgate_testkit::{avoid_window_edge, Tollgate};
 use tonic::Code as Status;
 
 const CONFIG: &str = r#"
@@ -45,6 +46,7 @@ fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequ
 
 #[tokio::test]
 async fn bad_requests_unknown_domains_and_statuses() {
+    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(5));
     let tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), CONFIG);
     let url = format!("http://{}", tollgate.grpc_addr());
     let mut client = RateLimitServiceClient::connect(url.clone())

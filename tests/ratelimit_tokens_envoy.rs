@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tollgate_testkit::{metric, Envoy, MockLlm, Tollgate};
+use tollgate_testkit::{avoid_window_edge, metric, Envoy, MockLlm, Tollgate};
 
 const CONFIG: &str = r#"
 [server]
@@ -51,6 +51,7 @@ fn wait_for_calls(t: &Tollgate, n: f64) {
 
 #[tokio::test]
 async fn estimate_on_request_actual_on_stream_done() {
+    avoid_window_edge(Duration::from_secs(86_400), Duration::from_secs(30));
     let upstream = MockLlm::start();
     let tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), CONFIG);
     let envoy = Envoy::start(
