@@ -12,7 +12,7 @@ step() {
   local start=$SECONDS
   echo "==> $*"
   "$@"
-  echo "<== $1 ok ($((SECONDS - start)) s)"
+  echo "<== $* ok ($((SECONDS - start)) s)"
 }
 
 step scripts/install-test-deps.sh

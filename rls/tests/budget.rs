@@ -8,8 +8,9 @@ use tollgate::config::parse_str;
 use tollgate::engine::{Clock, Engine, Reserved, Settlement};
 use tollgate::metrics::Metrics;
 use tollgate::rules::{Identity, LlmConfig, Tokens};
-use tollgate::store::{MemoryStore, RedisStore, Store};
 use tollgate_testkit::RedisServer;
+
+mod common;
 
 const QUOTAS: &str = r#"
 [[model]]
@@ -41,19 +42,10 @@ struct Harness {
 impl Harness {
     async fn new(redis: bool) -> Harness {
         let config = parse_str("quotas.toml", QUOTAS).unwrap();
-        let (store, server): (Arc<dyn Store>, _) = if redis {
-            let server = RedisServer::start();
-            let store = RedisStore::connect(
-                &server.url(),
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
-            (Arc::new(store), Some(server))
-        } else {
-            (Arc::new(MemoryStore::new()), None)
-        };
+        let common::Subject {
+            store,
+            _redis: server,
+        } = common::subject(redis).await;
         Harness {
             engine: Engine::new(store, Arc::new(Metrics::default()))
                 .with_clock(Clock::manual(1_800_000_010_000)),
@@ -87,25 +79,15 @@ fn admitted(r: Reserved) -> tollgate::engine::Reservation {
     }
 }
 
-macro_rules! for_each_store {
-    ($($name:ident),* $(,)?) => {
-        mod memory_store {
-            $( #[tokio::test] async fn $name() { super::$name(super::Harness::new(false).await).await } )*
-        }
-        mod redis_store {
-            $( #[tokio::test] async fn $name() { super::$name(super::Harness::new(true).await).await } )*
-        }
-    };
-}
-
 for_each_store!(
+    super::Harness::new;
     refunds_readmit_what_the_estimate_held,
     overage_is_charged_and_settle_is_idempotent,
     concurrency_slots_free_on_settle,
     a_denial_takes_nothing,
 );
 
-async fn refunds_readmit_what_the_estimate_held(h: Harness) {
+async fn refunds_readmit_what_the_estimate_held(h: &Harness) {
     // Two requests estimated at 500 tokens fill the 1000/min budget.
     let a = admitted(h.reserve("acme", 100, 400).await);
     let b = admitted(h.reserve("acme", 100, 400).await);
@@ -141,7 +123,7 @@ async fn refunds_readmit_what_the_estimate_held(h: Harness) {
     ));
 }
 
-async fn overage_is_charged_and_settle_is_idempotent(h: Harness) {
+async fn overage_is_charged_and_settle_is_idempotent(h: &Harness) {
     let r = admitted(h.reserve("acme", 100, 100).await);
     let used = Tokens {
         prompt: 100,
@@ -161,7 +143,7 @@ async fn overage_is_charged_and_settle_is_idempotent(h: Harness) {
     admitted(h.reserve("acme", 150, 150).await);
 }
 
-async fn concurrency_slots_free_on_settle(h: Harness) {
+async fn concurrency_slots_free_on_settle(h: &Harness) {
     let a = admitted(h.reserve("acme", 1, 1).await);
     let _b = admitted(h.reserve("acme", 1, 1).await);
     assert!(
@@ -180,7 +162,7 @@ async fn concurrency_slots_free_on_settle(h: Harness) {
     admitted(h.reserve("acme", 1, 1).await);
 }
 
-async fn a_denial_takes_nothing(h: Harness) {
+async fn a_denial_takes_nothing(h: &Harness) {
     // The per-tenant daily quota weighs completion twice: 4000 + 2 × 3000 = 10000 fits exactly.
     let r = admitted(h.reserve("beta", 4000, 3000).await);
     assert!(matches!(

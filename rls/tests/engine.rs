@@ -9,8 +9,9 @@ use tollgate::config::parse_str;
 use tollgate::engine::{Check, Clock, Code, Descriptor, Engine};
 use tollgate::metrics::Metrics;
 use tollgate::rules::RuleSet;
-use tollgate::store::{MemoryStore, RedisStore, Store};
 use tollgate_testkit::RedisServer;
+
+mod common;
 
 const RULES: &str = r#"
 [[rule]]
@@ -71,19 +72,10 @@ struct Harness {
 impl Harness {
     async fn new(redis: bool) -> Harness {
         let config = parse_str("rules.toml", RULES).unwrap();
-        let (store, server): (Arc<dyn Store>, _) = if redis {
-            let server = RedisServer::start();
-            let store = RedisStore::connect(
-                &server.url(),
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
-            (Arc::new(store), Some(server))
-        } else {
-            (Arc::new(MemoryStore::new()), None)
-        };
+        let common::Subject {
+            store,
+            _redis: server,
+        } = common::subject(redis).await;
         let metrics = Arc::new(Metrics::default());
         Harness {
             engine: Engine::new(store, metrics.clone())
@@ -123,18 +115,8 @@ fn desc(entries: &[(&str, &str)]) -> Descriptor {
     }
 }
 
-macro_rules! for_each_store {
-    ($($name:ident),* $(,)?) => {
-        mod memory_store {
-            $( #[tokio::test] async fn $name() { super::$name(super::Harness::new(false).await).await } )*
-        }
-        mod redis_store {
-            $( #[tokio::test] async fn $name() { super::$name(super::Harness::new(true).await).await } )*
-        }
-    };
-}
-
 for_each_store!(
+    super::Harness::new;
     one_counter_per_value,
     several_limits_and_the_tightest_is_reported,
     unlimited_and_unknown_are_ok,
@@ -146,7 +128,7 @@ for_each_store!(
     reserve_and_reconcile_over_rls,
 );
 
-async fn one_counter_per_value(h: Harness) {
+async fn one_counter_per_value(h: &Harness) {
     for _ in 0..3 {
         assert!(h.allowed("edge", &[&[("tenant", "a")]]).await);
     }
@@ -167,7 +149,7 @@ async fn one_counter_per_value(h: Harness) {
     );
 }
 
-async fn several_limits_and_the_tightest_is_reported(h: Harness) {
+async fn several_limits_and_the_tightest_is_reported(h: &Harness) {
     let d = h.ask("edge", &[&[("tenant", "acme")]]).await;
     assert_eq!(d.code, Code::Ok);
     let r = &d.descriptors[0];
@@ -190,7 +172,7 @@ async fn several_limits_and_the_tightest_is_reported(h: Harness) {
     assert_eq!(d.descriptors[0].limit.as_ref().unwrap().limit.amount, 4);
 }
 
-async fn unlimited_and_unknown_are_ok(h: Harness) {
+async fn unlimited_and_unknown_are_ok(h: &Harness) {
     for _ in 0..10 {
         assert!(h.allowed("edge", &[&[("tenant", "vip")]]).await);
     }
@@ -202,7 +184,7 @@ async fn unlimited_and_unknown_are_ok(h: Harness) {
     assert!(d.descriptors[0].limit.is_none());
 }
 
-async fn replaces_drops_the_replaced_limit(h: Harness) {
+async fn replaces_drops_the_replaced_limit(h: &Harness) {
     // Alone, /v1/other meets the 2/min wildcard rule.
     assert!(h.allowed("edge", &[&[("path", "/v1/other")]]).await);
     assert!(h.allowed("edge", &[&[("path", "/v1/other")]]).await);
@@ -216,7 +198,7 @@ async fn replaces_drops_the_replaced_limit(h: Harness) {
     }
 }
 
-async fn all_or_nothing_across_descriptors(h: Harness) {
+async fn all_or_nothing_across_descriptors(h: &Harness) {
     for _ in 0..3 {
         assert!(h.allowed("edge", &[&[("tenant", "full")]]).await);
     }
@@ -234,7 +216,7 @@ async fn all_or_nothing_across_descriptors(h: Harness) {
     );
 }
 
-async fn shadow_counts_but_never_denies(h: Harness) {
+async fn shadow_counts_but_never_denies(h: &Harness) {
     for _ in 0..3 {
         assert!(
             h.allowed("edge", &[&[("generic_key", "shadow"), ("tenant", "s")]])
@@ -249,7 +231,7 @@ async fn shadow_counts_but_never_denies(h: Harness) {
     assert!(text.contains(r#"tollgate_rule_total_hits_total{domain="edge",rule="trial"} 3"#));
 }
 
-async fn hits_addend_zero_checks_and_negative_hits_refund(h: Harness) {
+async fn hits_addend_zero_checks_and_negative_hits_refund(h: &Harness) {
     let ask = |hits: Option<u64>, negative: bool| Check {
         domain: "edge".into(),
         descriptors: vec![Descriptor {
@@ -276,7 +258,7 @@ async fn hits_addend_zero_checks_and_negative_hits_refund(h: Harness) {
     assert!(h.allowed("edge", &[&[("tenant", "z")]]).await);
 }
 
-async fn tokens_as_hits_addend(h: Harness) {
+async fn tokens_as_hits_addend(h: &Harness) {
     let check = |hits| Check {
         domain: "tokens".into(),
         descriptors: vec![desc(&[("tenant", "t")])],
@@ -292,7 +274,7 @@ async fn tokens_as_hits_addend(h: Harness) {
     assert_eq!(h.engine.decide(&h.rules, &check(400)).await.code, Code::Ok);
 }
 
-async fn reserve_and_reconcile_over_rls(h: Harness) {
+async fn reserve_and_reconcile_over_rls(h: &Harness) {
     let call = |id: &str, hits: u64, done: bool| {
         let mut entries = vec![("tenant", "a"), ("request_id", id)];
         if done {

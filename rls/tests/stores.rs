@@ -3,54 +3,17 @@
 //! give identical answers for the same calls at the same (manual) times.
 
 use proptest::prelude::*;
-use std::sync::Arc;
 use tollgate::rules::{Algorithm, Limit, Period};
-use tollgate::store::{counter_key, Counter, Hit, Hold, MemoryStore, RedisStore, SettleOp, Store};
-use tollgate_testkit::RedisServer;
+use tollgate::store::{counter_key, Counter, Hit, Hold, SettleOp};
 
 const T0: u64 = 1_800_000_000_000; // a whole day boundary, in ms
 
-/// A store under test, holding the server it talks to alive.
-struct Subject {
-    store: Arc<dyn Store>,
-    _redis: Option<RedisServer>,
-}
+mod common;
 
-async fn memory() -> Subject {
-    Subject {
-        store: Arc::new(MemoryStore::new()),
-        _redis: None,
-    }
-}
-
-async fn redis() -> Subject {
-    let server = RedisServer::start();
-    let store = RedisStore::connect(
-        &server.url(),
-        std::time::Duration::from_secs(2),
-        std::time::Duration::from_secs(2),
-    )
-    .await
-    .expect("connect to the test redis-server");
-    Subject {
-        store: Arc::new(store),
-        _redis: Some(server),
-    }
-}
-
-/// Runs a test body against each store.
-macro_rules! for_each_store {
-    ($($name:ident),* $(,)?) => {
-        mod memory_store {
-            $( #[tokio::test] async fn $name() { super::$name(super::memory().await.store.as_ref()).await } )*
-        }
-        mod redis_store {
-            $( #[tokio::test] async fn $name() { let s = super::redis().await; super::$name(s.store.as_ref()).await } )*
-        }
-    };
-}
+use common::{memory, redis, subject, Subject};
 
 for_each_store!(
+    super::subject;
     window_takes_exactly_the_limit,
     a_denied_batch_takes_nothing,
     shadow_hits_never_deny,
@@ -79,7 +42,8 @@ fn limit_of(h: &Hit) -> Limit {
     }
 }
 
-async fn a_reservation_settles_once(store: &dyn Store) {
+async fn a_reservation_settles_once(s: &Subject) {
+    let store = s.store.as_ref();
     let tpm = hit("tpm", 1_000, Period::Minute, Algorithm::FixedWindow, 600);
     let tpd = hit("tpd", 10_000, Period::Day, Algorithm::TokenBucket, 600);
     let h = hold("r1", 60_000);
@@ -132,7 +96,8 @@ async fn a_reservation_settles_once(store: &dyn Store) {
     );
 }
 
-async fn slots_are_held_until_release_or_deadline(store: &dyn Store) {
+async fn slots_are_held_until_release_or_deadline(s: &Subject) {
+    let store = s.store.as_ref();
     let slot = Hit {
         key: "tg:{test}:conc".into(),
         counter: Counter::Slots { max: 2 },
@@ -183,7 +148,8 @@ async fn slots_are_held_until_release_or_deadline(store: &dyn Store) {
     assert_eq!(d.hits[0].remaining, 0);
 }
 
-async fn a_refund_into_an_ended_window_is_dropped(store: &dyn Store) {
+async fn a_refund_into_an_ended_window_is_dropped(s: &Subject) {
+    let store = s.store.as_ref();
     let h = hit("ended", 100, Period::Second, Algorithm::FixedWindow, 60);
     let res = hold("e", 60_000);
     assert!(
@@ -226,7 +192,8 @@ fn hit(key: &str, amount: u64, period: Period, algorithm: Algorithm, cost: u64) 
     }
 }
 
-async fn window_takes_exactly_the_limit(store: &dyn Store) {
+async fn window_takes_exactly_the_limit(s: &Subject) {
+    let store = s.store.as_ref();
     let h = hit("w", 3, Period::Minute, Algorithm::FixedWindow, 1);
     for left in [2, 1, 0] {
         let o = store.take(&[h.clone()], None, T0 + 5_000).await.unwrap();
@@ -239,7 +206,8 @@ async fn window_takes_exactly_the_limit(store: &dyn Store) {
     assert!(o.hits[0].over);
 }
 
-async fn a_denied_batch_takes_nothing(store: &dyn Store) {
+async fn a_denied_batch_takes_nothing(s: &Subject) {
+    let store = s.store.as_ref();
     let roomy = hit("roomy", 100, Period::Minute, Algorithm::FixedWindow, 10);
     let tight = hit("tight", 5, Period::Minute, Algorithm::TokenBucket, 10);
     let o = store
@@ -255,7 +223,8 @@ async fn a_denied_batch_takes_nothing(store: &dyn Store) {
     assert_eq!(o.hits[0].remaining, 100);
 }
 
-async fn shadow_hits_never_deny(store: &dyn Store) {
+async fn shadow_hits_never_deny(s: &Subject) {
+    let store = s.store.as_ref();
     let shadow = Hit {
         enforce: false,
         ..hit("shadow", 1, Period::Minute, Algorithm::FixedWindow, 1)
@@ -272,7 +241,8 @@ async fn shadow_hits_never_deny(store: &dyn Store) {
     }
 }
 
-async fn hits_in_one_batch_see_each_other(store: &dyn Store) {
+async fn hits_in_one_batch_see_each_other(s: &Subject) {
+    let store = s.store.as_ref();
     // The same counter twice in one batch: 3 + 3 > 5, so the batch is denied.
     let h = hit("twice", 5, Period::Minute, Algorithm::FixedWindow, 3);
     let o = store.take(&[h.clone(), h.clone()], None, T0).await.unwrap();
@@ -284,7 +254,8 @@ async fn hits_in_one_batch_see_each_other(store: &dyn Store) {
     assert_eq!(o.hits[0].remaining, 2);
 }
 
-async fn bucket_refills_and_reports_retry(store: &dyn Store) {
+async fn bucket_refills_and_reports_retry(s: &Subject) {
+    let store = s.store.as_ref();
     // 600 per minute: one token every 100 ms.
     let h = hit("bucket", 600, Period::Minute, Algorithm::TokenBucket, 600);
     let o = store.take(&[h.clone()], None, T0).await.unwrap();
@@ -301,7 +272,8 @@ async fn bucket_refills_and_reports_retry(store: &dyn Store) {
     assert_eq!(o.hits[0].remaining, 0);
 }
 
-async fn give_back_restores_capacity(store: &dyn Store) {
+async fn give_back_restores_capacity(s: &Subject) {
+    let store = s.store.as_ref();
     for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
         let h = hit("refund", 10, Period::Hour, algorithm, 10);
         assert!(store.take(&[h.clone()], None, T0).await.unwrap().admitted);
@@ -329,7 +301,8 @@ async fn give_back_restores_capacity(store: &dyn Store) {
     }
 }
 
-async fn windows_reset_on_the_boundary(store: &dyn Store) {
+async fn windows_reset_on_the_boundary(s: &Subject) {
+    let store = s.store.as_ref();
     let h = hit("boundary", 1, Period::Second, Algorithm::FixedWindow, 1);
     assert!(
         store

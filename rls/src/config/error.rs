@@ -10,6 +10,20 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error at a `file:line` location string (as rules and quotas keep
+    /// their source), for checks that span several entries.
+    pub(crate) fn at(source: &str, field: &str, message: String) -> ConfigError {
+        let (file, line) = source.rsplit_once(':').unwrap_or((source, "0"));
+        ConfigError {
+            file: file.to_string(),
+            line: line.parse().unwrap_or(0),
+            field: field.to_string(),
+            message,
+        }
+    }
+}
+
 /// Every problem found, so an operator fixes a file in one pass.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);

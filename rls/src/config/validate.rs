@@ -68,7 +68,7 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
         Ok(set) => set,
         Err((first, second)) => {
             let (a, b) = (&rules[first], &rules[second]);
-            errors.push(located(
+            errors.push(ConfigError::at(
                 &b.source,
                 "rule.match",
                 format!(
@@ -363,7 +363,7 @@ fn check_names(rules: &[Rule], errors: &mut Vec<ConfigError>) {
     for r in rules {
         if let Some(n) = &r.name {
             if !seen.insert(n.as_str()) {
-                errors.push(located(
+                errors.push(ConfigError::at(
                     &r.source,
                     "rule.name",
                     format!("`{n}` names two rules"),
@@ -374,23 +374,13 @@ fn check_names(rules: &[Rule], errors: &mut Vec<ConfigError>) {
     for r in rules {
         for n in &r.replaces {
             if !seen.contains(n.as_str()) {
-                errors.push(located(
+                errors.push(ConfigError::at(
                     &r.source,
                     "rule.replaces",
                     format!("no rule is named `{n}`"),
                 ));
             }
         }
-    }
-}
-
-fn located(source: &str, field: &str, message: String) -> ConfigError {
-    let (file, line) = source.rsplit_once(':').unwrap_or((source, "0"));
-    ConfigError {
-        file: file.to_string(),
-        line: line.parse().unwrap_or(0),
-        field: field.to_string(),
-        message,
     }
 }
 

@@ -260,7 +260,7 @@ pub(crate) fn cross_check(models: &[Model], quotas: &[Quota], errors: &mut Vec<C
     let mut seen = HashSet::new();
     for q in quotas {
         if !seen.insert(q.name.as_str()) {
-            errors.push(located(
+            errors.push(ConfigError::at(
                 &q.source,
                 "quota.name",
                 format!("`{}` names two quotas", q.name),
@@ -271,7 +271,7 @@ pub(crate) fn cross_check(models: &[Model], quotas: &[Quota], errors: &mut Vec<C
     let mut seen = HashSet::new();
     for m in models {
         if !seen.insert(m.name.as_str()) {
-            errors.push(located(
+            errors.push(ConfigError::at(
                 "",
                 "model.name",
                 format!("`{}` is defined twice", m.name),
@@ -279,7 +279,7 @@ pub(crate) fn cross_check(models: &[Model], quotas: &[Quota], errors: &mut Vec<C
         }
         for f in &m.fallback {
             if !names.contains(f.as_str()) || f == &m.name {
-                errors.push(located(
+                errors.push(ConfigError::at(
                     "",
                     "model.fallback",
                     format!(
@@ -289,15 +289,5 @@ pub(crate) fn cross_check(models: &[Model], quotas: &[Quota], errors: &mut Vec<C
                 ));
             }
         }
-    }
-}
-
-fn located(source: &str, field: &str, message: String) -> ConfigError {
-    let (file, line) = source.rsplit_once(':').unwrap_or((source, "0"));
-    ConfigError {
-        file: file.to_string(),
-        line: line.parse().unwrap_or(0),
-        field: field.to_string(),
-        message,
     }
 }

@@ -367,13 +367,7 @@ fn identity_values(q: &Quota, id: &Identity) -> String {
         if i > 0 {
             out.push(':');
         }
-        for c in k.of(id).unwrap_or("").chars() {
-            match c {
-                '%' => out.push_str("%25"),
-                ':' => out.push_str("%3A"),
-                c => out.push(c),
-            }
-        }
+        super::keys::escape_into(&mut out, k.of(id).unwrap_or(""));
     }
     out
 }

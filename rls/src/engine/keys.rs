@@ -23,7 +23,9 @@ pub(crate) fn counter_base(rule: &Rule, limit: &Limit, entries: &[(String, Strin
     key
 }
 
-fn escape_into(out: &mut String, value: &str) {
+/// Appends `value` with `%` and `:` escaped, so separators in values never
+/// make two counters share a key.
+pub(crate) fn escape_into(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '%' => out.push_str("%25"),
