@@ -23,6 +23,7 @@ pub mod app;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod service;

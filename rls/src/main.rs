@@ -66,7 +66,13 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(server::run(loaded, RunOptions { ready_file })) {
+            match runtime.block_on(server::run(
+                loaded,
+                RunOptions {
+                    config_path: Some(config),
+                    ready_file,
+                },
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

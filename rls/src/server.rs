@@ -24,6 +24,8 @@ use tokio_stream::StreamExt;
 /// Options that come from the command line, not the config file.
 #[derive(Debug, Default)]
 pub struct RunOptions {
+    /// The config file or directory, watched for changes.
+    pub config_path: Option<PathBuf>,
     /// Where to write `{"grpc": ..., "admin": ...}` once both listeners are
     /// bound (tests and supervisors use it to learn `:0` ports).
     pub ready_file: Option<PathBuf>,
@@ -37,6 +39,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         Engine::new(store.clone(), metrics.clone()).with_failure_policy(config.store.on_error, 1.0);
     let server = config.server.clone();
     let app = App::new(config, engine.clone(), metrics);
+    if let Some(path) = &options.config_path {
+        crate::reload::spawn(app.clone(), path.clone());
+    }
     let mut sweep = vec![engine.local_store().clone()];
     sweep.extend(memory);
     spawn_sweeper(sweep);

@@ -28,7 +28,7 @@ pub fn parse_str(name: &str, text: &str) -> Result<Config, ConfigErrors> {
 fn parse_many(texts: &[(String, String)]) -> Result<Config, ConfigErrors> {
     let sources: Vec<Source> = texts
         .iter()
-        .map(|(name, text)| Source { name, text })
+        .map(|(name, text)| Source::new(name, text))
         .collect();
     let mut config = build(&sources)?;
     let mut hash = Sha256::new();
