@@ -24,7 +24,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// Ready while the store answers: a load balancer should send traffic to
 /// an instance whose decisions come from the shared store.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.metrics.store_up.get() == 1 {
+    if app.store_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()

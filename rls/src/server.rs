@@ -7,7 +7,7 @@ use crate::config::{Config, StoreKind};
 use crate::engine::{Clock, Engine};
 use crate::metrics::Metrics;
 use crate::service::{ExtProcGrpc, RateLimitGrpc};
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{Breaker, Health, MemoryStore, RedisStore, Store};
 use anyhow::Context;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
@@ -34,11 +34,14 @@ pub struct RunOptions {
 /// Runs tollgate until SIGINT or SIGTERM.
 pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let (store, memory) = build_store(&config).await?;
+    let (store, memory, health) = build_store(&config)?;
     let engine =
         Engine::new(store.clone(), metrics.clone()).with_failure_policy(config.store.on_error, 1.0);
     let server = config.server.clone();
-    let app = App::new(config, engine.clone(), metrics);
+    let app = App::new(config, engine.clone(), metrics.clone(), health.clone());
+    if let Some(health) = health {
+        spawn_prober(store.clone(), health, metrics);
+    }
     if let Some(path) = &options.config_path {
         crate::reload::spawn(app.clone(), path.clone());
     }
@@ -103,25 +106,50 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configured store, and the same store as a `MemoryStore` when it is
-/// one (the sweeper needs the concrete type).
-async fn build_store(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<MemoryStore>>)> {
+/// The configured store; the same store as a `MemoryStore` when it is one
+/// (the sweeper needs the concrete type); and a shared store's breaker.
+type Built = (
+    Arc<dyn Store>,
+    Option<Arc<MemoryStore>>,
+    Option<Arc<Health>>,
+);
+
+fn build_store(config: &Config) -> anyhow::Result<Built> {
     Ok(match config.store.kind {
         StoreKind::Memory => {
             let memory = Arc::new(MemoryStore::new());
-            (memory.clone(), Some(memory))
+            (memory.clone(), Some(memory), None)
         }
         StoreKind::Redis => {
             let url = config.store.urls.first().context("store.url is empty")?;
-            let store =
-                RedisStore::connect(url, config.store.connect_timeout, config.store.timeout)
-                    .await
-                    .context("cannot connect to redis")?;
-            (Arc::new(store), None)
+            // Connects lazily: tollgate starts and answers by `on_error`
+            // while Redis is down, and uses it as soon as it answers.
+            let redis = RedisStore::new(url, config.store.connect_timeout, config.store.timeout)
+                .context("bad store.url")?;
+            let health = Arc::new(Health::new(BREAKER_COOLDOWN));
+            let store = Arc::new(Breaker::new(Arc::new(redis), health.clone()));
+            (store, None, Some(health))
         }
     })
+}
+
+/// How long an open breaker waits before its next probe.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// Pings the shared store once a second: finds a dead store without
+/// traffic (so `/readyz` turns 503), and probes an open breaker closed.
+fn spawn_prober(store: Arc<dyn Store>, health: Arc<Health>, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.ping().await {
+                tracing::debug!(error = %e, "store ping failed");
+            }
+            metrics.store_up.set(i64::from(health.is_closed()));
+        }
+    });
 }
 
 /// Drops expired counters from the in-memory maps once a second.

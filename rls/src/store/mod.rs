@@ -3,12 +3,14 @@
 //! (shared by many instances, one Lua script per decision).
 
 pub mod arith;
+mod breaker;
 mod error;
 mod memory;
 mod redis;
 
 pub use arith::HitState;
 pub use arith::SLOT_RETRY_MS;
+pub use breaker::{Breaker, Health, FAILURES_TO_OPEN};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -113,6 +115,11 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a reservation record, for a settle that arrives at another
     /// instance than the one that reserved.
     async fn record(&self, record_key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Checks that the store answers (a shared store's health probe).
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// A label for metrics and logs: `memory` or `redis`.
     fn kind(&self) -> &'static str;

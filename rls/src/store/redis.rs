@@ -9,14 +9,23 @@
 use super::arith::{self, HitState};
 use super::{counter_key, Counter, Hit, Hold, SettleOp, Store, StoreError, TakeOutcome};
 use crate::rules::Algorithm;
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Counters in Redis, shared by every tollgate instance that points at it.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    connect_timeout: Duration,
+    /// Set once the first connection succeeds; the manager reconnects by
+    /// itself after that. Empty while Redis has never answered, so tollgate
+    /// starts (and answers by `on_error`) with Redis down.
+    conn: ArcSwapOption<ConnectionManager>,
+    connecting: tokio::sync::Mutex<()>,
     take: Script,
     settle: Script,
     timeout: Duration,
@@ -59,8 +68,9 @@ fn push_spec(
 }
 
 impl RedisStore {
-    /// Connects, failing fast: a request path must never wait long on Redis.
-    pub async fn connect(
+    /// Prepares the store; the connection is made on first use (and by
+    /// [`RedisStore::connect`]).
+    pub fn new(
         url: &str,
         connect_timeout: Duration,
         timeout: Duration,
@@ -72,15 +82,12 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            connect_timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(connect_timeout))?
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(RedisStore {
-            conn,
+            client,
+            config,
+            connect_timeout,
+            conn: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
             take: Script::new(concat!(
                 include_str!("../../../lua/common.lua"),
                 include_str!("../../../lua/take.lua")
@@ -93,11 +100,43 @@ impl RedisStore {
         })
     }
 
+    /// Prepares the store and connects now, failing fast: a request path
+    /// must never wait long on Redis.
+    pub async fn connect(
+        url: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let store = RedisStore::new(url, connect_timeout, timeout)?;
+        store.connection().await?;
+        Ok(store)
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        // One connection attempt at a time; the others wait for its result.
+        let _guard = self.connecting.lock().await;
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let conn = tokio::time::timeout(
+            self.connect_timeout,
+            ConnectionManager::new_with_config(self.client.clone(), self.config.clone()),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(self.connect_timeout))?
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.conn.store(Some(Arc::new(conn.clone())));
+        Ok(conn)
+    }
+
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         call: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let reply = tokio::time::timeout(self.timeout, call.invoke_async::<T>(&mut conn))
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?;
@@ -225,7 +264,7 @@ impl Store for RedisStore {
     }
 
     async fn record(&self, record_key: &str, _now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let reply = tokio::time::timeout(
             self.timeout,
             redis::cmd("GET")
@@ -235,6 +274,18 @@ impl Store for RedisStore {
         .await
         .map_err(|_| StoreError::Timeout(self.timeout))?;
         reply.map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(self.timeout))?
+        .map(|_| ())
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     fn kind(&self) -> &'static str {
