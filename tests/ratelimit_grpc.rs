@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use std::time::Duration;
-use tollgate_testkit::{avoid_window_edge, Tollgate};
+use tollgate_testkit::{avoid_window_edge, Signal, Tollgate};
 use tonic::Code as Status;
 
 const CONFIG: &str = r#"
@@ -127,4 +127,34 @@ async fn bad_requests_unknown_domains_and_statuses() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     assert!(!tollgate.log_text().contains("panicked"));
+}
+
+/// SIGTERM: stop accepting, drain, exit 0 within the grace period.
+/// (Multi-threaded: the client's connection must keep running to see the
+/// server's GOAWAY while this thread waits for the exit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits() {
+    let config = format!("{CONFIG}\n").replace("[server]\n", "[server]\nshutdown_grace = \"2s\"\n");
+    let mut tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), &config);
+    let mut client = RateLimitServiceClient::connect(format!("http://{}", tollgate.grpc_addr()))
+        .await
+        .expect("connect");
+    client
+        .should_rate_limit(request("edge", vec![descriptor(&[("tenant", "s")])]))
+        .await
+        .expect("answer before shutdown");
+    drop(client);
+    tollgate.signal(Signal::SIGTERM);
+    let status = tollgate.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        tollgate.log_text()
+    );
+    assert!(tollgate.log_text().contains("shutting down"));
+    assert!(
+        !tollgate.log_text().contains("grace period over"),
+        "drained cleanly: {}",
+        tollgate.log_text()
+    );
 }

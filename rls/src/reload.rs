@@ -158,7 +158,7 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> Option<Watcher> {
             return None;
         }
     };
-    if let Err(e) = debouncer.watch(&dir, RecursiveMode::Recursive) {
+    if let Err(e) = debouncer.watch(&dir, RecursiveMode::NonRecursive) {
         tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; SIGHUP still reloads");
         return None;
     }
