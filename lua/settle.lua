@@ -1,12 +1,15 @@
 -- settle.lua: settle a reservation once. (common.lua is prepended.)
 --
--- KEYS[1]    the reservation record key
+-- KEYS[1]    the reservation record key (any key of this slot when unchecked)
 -- KEYS[2..]  one counter key per operation: for a refund, the key the
 --            tokens were taken from (window included); for a charge, the
 --            counter's current key; for a release, the slots key
 -- ARGV[1]    now, in milliseconds
 -- ARGV[2]    holder id (the slot member to release)
--- then 7 values per operation from ARGV[3 + 7*(i-1)], read by spec(), with
+-- ARGV[3]    '1' = apply only if the record exists (and delete it);
+--            '0' = apply unconditionally (Redis Cluster: a later slot's step
+--            after the checked one, or the rollback of a denied request)
+-- then 7 values per operation from ARGV[4 + 7*(i-1)], read by spec(), with
 -- `flag` = the operation: 'refund', 'charge' or 'release'
 --
 -- Returns 1 if the record existed and the operations were applied, 0 if it
@@ -14,12 +17,12 @@
 -- because deleting the record and applying the operations are one atomic
 -- step.
 
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+if ARGV[3] == '1' and redis.call('DEL', KEYS[1]) == 0 then return 0 end
 local now = tonumber(ARGV[1])
 local holder = ARGV[2]
 
 for i = 2, #KEYS do
-  local s = spec(2 + 7 * (i - 2))
+  local s = spec(3 + 7 * (i - 2))
   local key = KEYS[i]
   if s.flag == 'release' then
     redis.call('ZREM', key, holder)

@@ -3,12 +3,13 @@
 --
 -- KEYS[1..n] counter keys; a fixed window's key already ends in its window
 --            start, so a new window starts from an absent key.
--- KEYS[n+1]  the reservation record key, when a hold is given
+-- KEYS[n+1]  the reservation record key, when a record is given (ARGV[5])
 -- ARGV[1]    now, in milliseconds (the caller's clock, as window keys are)
 -- ARGV[2]    1 = take all-or-nothing; 0 = give back (refund, never denies)
 -- ARGV[3]    holder id of the hold ('' = none): slots are held under it
 -- ARGV[4]    hold time to live in ms (slot deadline and record expiry)
--- ARGV[5]    the reservation record (opaque bytes)
+-- ARGV[5]    the reservation record (opaque bytes); '' = hold slots only
+--            (Redis Cluster: the record lives in another slot's step)
 -- then 7 values per counter from ARGV[6 + 7*(i-1)], read by spec():
 --   algorithm (0 fixed_window, 1 token_bucket, 2 slots), amount, ticks,
 --   tick_ms, cost (0 checks only), enforce ('1', or '0' for shadow),
@@ -25,8 +26,9 @@ local now = tonumber(ARGV[1])
 local taking = ARGV[2] == '1'
 local holder = ARGV[3]
 local hold_ttl = tonumber(ARGV[4])
+local record = ARGV[5]
 local n = #KEYS
-if holder ~= '' then n = n - 1 end
+if record ~= '' then n = n - 1 end
 
 local pending = {}
 local writes = {}
@@ -107,8 +109,8 @@ end
 
 if admitted == 1 or not taking then
   for _, w in ipairs(writes) do w() end
-  if holder ~= '' and taking then
-    redis.call('SET', KEYS[n + 1], ARGV[5], 'PX', hold_ttl)
+  if record ~= '' and taking then
+    redis.call('SET', KEYS[n + 1], record, 'PX', hold_ttl)
   end
 end
 

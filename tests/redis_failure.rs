@@ -167,3 +167,49 @@ async fn starts_with_redis_down() {
     wait("ready once Redis is up", &t, || readyz(&t) == 200);
     assert_eq!(ask(&mut c, "closed").await.0, Code::Ok);
 }
+
+/// The same on a 3-node Redis Cluster (the rules' keys spread over slots):
+/// a node dies under load, every answer comes at once (from the store, or
+/// by policy), and after the node returns normal answers resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_dies_and_returns() {
+    avoid_window_edge(Duration::from_secs(3600), Duration::from_secs(60));
+    let mut cluster = tollgate_testkit::RedisCluster::start(3);
+    let urls = cluster.urls().join(",");
+    let config = config(&urls).replace("kind = \"redis\"", "kind = \"redis\"\ncluster = true");
+    let t = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), &config);
+    let mut c = RateLimitServiceClient::connect(format!("http://{}", t.grpc_addr()))
+        .await
+        .unwrap();
+    for d in ["open", "closed", "local"] {
+        assert_eq!(ask(&mut c, d).await.0, Code::Ok, "{d} with the cluster up");
+    }
+    cluster.kill_node(0);
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let (open, a) = ask(&mut c, "open").await;
+        let (_, b) = ask(&mut c, "closed").await;
+        assert_eq!(open, Code::Ok, "fail_open allows");
+        slowest = slowest.max(a).max(b);
+    }
+    eprintln!("slowest answer with a cluster node down: {slowest:?}");
+    assert!(
+        slowest <= BOUND,
+        "an answer waited {slowest:?} on the dead node"
+    );
+    cluster.restart_node(0);
+    let start = Instant::now();
+    loop {
+        let ok = ask(&mut c, "closed").await.0 == Code::Ok && readyz(&t) == 200;
+        if ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no recovery: {}",
+            t.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

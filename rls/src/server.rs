@@ -121,11 +121,15 @@ fn build_store(config: &Config) -> anyhow::Result<Built> {
             (memory.clone(), Some(memory), None)
         }
         StoreKind::Redis => {
-            let url = config.store.urls.first().context("store.url is empty")?;
             // Connects lazily: tollgate starts and answers by `on_error`
             // while Redis is down, and uses it as soon as it answers.
-            let redis = RedisStore::new(url, config.store.connect_timeout, config.store.timeout)
-                .context("bad store.url")?;
+            let redis = RedisStore::new(
+                &config.store.urls,
+                config.store.cluster,
+                config.store.connect_timeout,
+                config.store.timeout,
+            )
+            .context("bad store.url")?;
             let health = Arc::new(Health::new(BREAKER_COOLDOWN));
             let store = Arc::new(Breaker::new(Arc::new(redis), health.clone()));
             (store, None, Some(health))

@@ -8,7 +8,6 @@ use tollgate::config::parse_str;
 use tollgate::engine::{Clock, Engine, Reserved, Settlement};
 use tollgate::metrics::Metrics;
 use tollgate::rules::{Identity, LlmConfig, Tokens};
-use tollgate_testkit::RedisServer;
 
 mod common;
 
@@ -36,16 +35,16 @@ count = { prompt = 1, completion = 2 }
 struct Harness {
     engine: Engine,
     llm: Arc<LlmConfig>,
-    _redis: Option<RedisServer>,
+    _redis: common::Servers,
 }
 
 impl Harness {
-    async fn new(redis: bool) -> Harness {
+    async fn new(kind: common::Kind) -> Harness {
         let config = parse_str("quotas.toml", QUOTAS).unwrap();
         let common::Subject {
             store,
             _redis: server,
-        } = common::subject(redis).await;
+        } = common::subject(kind).await;
         Harness {
             engine: Engine::new(store, Arc::new(Metrics::default()))
                 .with_clock(Clock::manual(1_800_000_010_000)),

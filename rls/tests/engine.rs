@@ -9,7 +9,6 @@ use tollgate::config::parse_str;
 use tollgate::engine::{Check, Clock, Code, Descriptor, Engine};
 use tollgate::metrics::Metrics;
 use tollgate::rules::RuleSet;
-use tollgate_testkit::RedisServer;
 
 mod common;
 
@@ -66,16 +65,16 @@ struct Harness {
     engine: Engine,
     rules: Arc<RuleSet>,
     metrics: Arc<Metrics>,
-    _redis: Option<RedisServer>,
+    _redis: common::Servers,
 }
 
 impl Harness {
-    async fn new(redis: bool) -> Harness {
+    async fn new(kind: common::Kind) -> Harness {
         let config = parse_str("rules.toml", RULES).unwrap();
         let common::Subject {
             store,
             _redis: server,
-        } = common::subject(redis).await;
+        } = common::subject(kind).await;
         let metrics = Arc::new(Metrics::default());
         Harness {
             engine: Engine::new(store, metrics.clone())

@@ -24,7 +24,61 @@ for_each_store!(
     a_reservation_settles_once,
     slots_are_held_until_release_or_deadline,
     a_refund_into_an_ended_window_is_dropped,
+    a_denial_in_a_later_slot_rolls_back_earlier_slots,
 );
+
+/// On a cluster the two tags live in different slots (taken in tag order,
+/// `aaa` first): when `zzz` denies, what `aaa` took is given back. On one
+/// Redis or in memory the batch is atomic anyway; the answers must match.
+async fn a_denial_in_a_later_slot_rolls_back_earlier_slots(s: &Subject) {
+    let store = s.store.as_ref();
+    let first = Hit {
+        key: "tg:{aaa}:w".into(),
+        ..hit("x", 10, Period::Minute, Algorithm::FixedWindow, 4)
+    };
+    let first_bucket = Hit {
+        key: "tg:{aaa}:b".into(),
+        ..hit("x", 10, Period::Minute, Algorithm::TokenBucket, 4)
+    };
+    let slot = Hit {
+        key: "tg:{aaa}:c".into(),
+        counter: Counter::Slots { max: 1 },
+        cost: 1,
+        enforce: true,
+    };
+    let second = Hit {
+        key: "tg:{zzz}:w".into(),
+        ..hit("x", 3, Period::Minute, Algorithm::FixedWindow, 4)
+    };
+    let h = Hold {
+        record_key: "tg:{aaa}:res:r".into(),
+        ..hold("r", 60_000)
+    };
+    let o = store
+        .take(
+            &[first.clone(), first_bucket.clone(), slot.clone(), second],
+            Some(&h),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(!o.admitted);
+    let check = |h: &Hit| Hit {
+        cost: 0,
+        ..h.clone()
+    };
+    let o = store
+        .take(&[check(&first), check(&first_bucket)], None, T0)
+        .await
+        .unwrap();
+    assert_eq!(o.hits[0].remaining, 10, "the window got its 4 back");
+    assert_eq!(o.hits[1].remaining, 10, "the bucket got its 4 back");
+    let again = store
+        .take(&[slot], Some(&hold("r2", 60_000)), T0)
+        .await
+        .unwrap();
+    assert!(again.admitted, "the slot was released");
+}
 
 fn hold(id: &str, ttl_ms: u64) -> Hold {
     Hold {

@@ -33,6 +33,7 @@ pub(crate) struct ServerView {
 pub(crate) struct StoreView {
     pub kind: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
+    pub cluster: Option<bool>,
     pub connect_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub on_error: Option<Spanned<String>>,

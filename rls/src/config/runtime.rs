@@ -57,6 +57,8 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// `redis://` or `rediss://` URL; for a cluster, several URLs.
     pub urls: Vec<String>,
+    /// A Redis Cluster (also implied by several URLs).
+    pub cluster: bool,
     #[serde(with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
     /// Longest wait for one Redis answer; the request path never waits
@@ -71,6 +73,7 @@ impl Default for StoreConfig {
         StoreConfig {
             kind: StoreKind::Memory,
             urls: vec![],
+            cluster: false,
             connect_timeout: Duration::from_millis(500),
             timeout: Duration::from_millis(50),
             on_error: FailurePolicy::FailClosed,

@@ -177,6 +177,9 @@ fn store_config(src: &Source, v: StoreView, errors: &mut Vec<ConfigError>) -> St
         }
         c.urls = urls;
     }
+    if let Some(b) = v.cluster {
+        c.cluster = b;
+    }
     if let Some(s) = v.connect_timeout {
         parse_into(
             src,

@@ -1,30 +1,83 @@
-//! The shared store: every decision is one `EVALSHA` of `lua/take.lua`.
+//! The shared store: every step is one `EVALSHA` of a script in `lua/`.
 //!
 //! Key layout (built by the engine, window appended by [`counter_key`]):
-//! `tg:{<rule id>}:<period><algorithm>:<escaped descriptor values>[:<window start s>]`.
-//! The `{rule id}` hash tag puts all of one rule's counters in one Redis
-//! Cluster slot. Keys expire on their own: a window at its end, a bucket
-//! when it is full again, so Redis holds only live counters.
+//! `tg:{<rule or quota id>}:<limit>:<escaped values>[:<window start s>]`.
+//! The `{id}` hash tag puts all of one rule's counters in one Redis Cluster
+//! slot. Keys expire on their own: a window at its end, a bucket when it is
+//! full again, so Redis holds only live counters.
+//!
+//! On a single Redis a request is one script call, atomic. On a Redis
+//! Cluster a request whose rules live in different slots is taken in
+//! per-slot steps, in order; if a later step says no, what the earlier
+//! steps took is given back exactly (same keys, same clock), so a denied
+//! request still takes nothing. Between the steps another client may see
+//! the earlier slots' counters briefly taken.
 
 use super::arith::{self, HitState};
 use super::{counter_key, Counter, Hit, Hold, SettleOp, Store, StoreError, TakeOutcome};
 use crate::rules::Algorithm;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, ScriptInvocation};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// One Redis, or a Redis Cluster.
+enum Backend {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    Cluster(ClusterClient),
+}
+
+/// A connection of either kind; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// Counters in Redis, shared by every tollgate instance that points at it.
 pub struct RedisStore {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    backend: Backend,
     connect_timeout: Duration,
-    /// Set once the first connection succeeds; the manager reconnects by
-    /// itself after that. Empty while Redis has never answered, so tollgate
-    /// starts (and answers by `on_error`) with Redis down.
-    conn: ArcSwapOption<ConnectionManager>,
+    /// Set once the first connection succeeds; it reconnects by itself
+    /// after that. Empty while Redis has never answered, so tollgate starts
+    /// (and answers by `on_error`) with Redis down.
+    conn: ArcSwapOption<Conn>,
     connecting: tokio::sync::Mutex<()>,
     take: Script,
     settle: Script,
@@ -67,24 +120,50 @@ fn push_spec(
         .arg(anchor);
 }
 
+/// The hash tag of a key (`{...}`), which decides its cluster slot.
+fn tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|start| {
+            let rest = &key[start + 1..];
+            rest.find('}').map(|end| &rest[..end])
+        })
+        .filter(|t| !t.is_empty())
+        .unwrap_or(key)
+}
+
 impl RedisStore {
-    /// Prepares the store; the connection is made on first use (and by
-    /// [`RedisStore::connect`]).
+    /// Prepares the store; the connection is made on first use. Several
+    /// URLs (or `cluster`) mean a Redis Cluster; the URLs are seed nodes.
     pub fn new(
-        url: &str,
+        urls: &[String],
+        cluster: bool,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+        let bad = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        let backend = if cluster || urls.len() > 1 {
+            let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                .connection_timeout(connect_timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()
+                .map_err(bad)?;
+            Backend::Cluster(client)
+        } else {
+            let url = urls
+                .first()
+                .ok_or_else(|| StoreError::Unavailable("no url".into()))?;
+            Backend::Single {
+                client: redis::Client::open(url.as_str()).map_err(bad)?,
+                config: ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500)),
+            }
+        };
         Ok(RedisStore {
-            client,
-            config,
+            backend,
             connect_timeout,
             conn: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
@@ -100,19 +179,33 @@ impl RedisStore {
         })
     }
 
-    /// Prepares the store and connects now, failing fast: a request path
-    /// must never wait long on Redis.
+    /// Prepares the store and connects now, failing fast.
     pub async fn connect(
         url: &str,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let store = RedisStore::new(url, connect_timeout, timeout)?;
+        let store = RedisStore::new(&[url.to_string()], false, connect_timeout, timeout)?;
         store.connection().await?;
         Ok(store)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    /// A Redis Cluster from its seed nodes, connected now.
+    pub async fn connect_cluster(
+        urls: &[String],
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let store = RedisStore::new(urls, true, connect_timeout, timeout)?;
+        store.connection().await?;
+        Ok(store)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
+    }
+
+    async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
@@ -121,13 +214,20 @@ impl RedisStore {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
-        let conn = tokio::time::timeout(
-            self.connect_timeout,
-            ConnectionManager::new_with_config(self.client.clone(), self.config.clone()),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.connect_timeout))?
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let connecting = async {
+            match &self.backend {
+                Backend::Single { client, config } => {
+                    ConnectionManager::new_with_config(client.clone(), config.clone())
+                        .await
+                        .map(Conn::Single)
+                }
+                Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            }
+        };
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| StoreError::Timeout(self.connect_timeout))?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.conn.store(Some(Arc::new(conn.clone())));
         Ok(conn)
     }
@@ -143,7 +243,11 @@ impl RedisStore {
         reply.map_err(|e| {
             if e.is_timeout() {
                 StoreError::Timeout(self.timeout)
-            } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            } else if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_cluster_error()
+            {
                 StoreError::Unavailable(e.to_string())
             } else {
                 StoreError::Protocol(e.to_string())
@@ -151,17 +255,22 @@ impl RedisStore {
         })
     }
 
+    /// One take.lua call over `hits`. `record` writes the hold's record
+    /// (its key must share the hits' slot); a hold without it only holds
+    /// slots.
     async fn run(
         &self,
-        hits: &[Hit],
+        hits: &[&Hit],
         hold: Option<&Hold>,
+        record: bool,
         now_ms: u64,
         taking: bool,
     ) -> Result<(bool, Vec<HitState>), StoreError> {
         let mut call = self.take.prepare_invoke();
         call.arg(now_ms).arg(if taking { 1 } else { 0 });
         match hold {
-            Some(h) => call.arg(&h.holder).arg(h.ttl_ms).arg(&h.record[..]),
+            Some(h) if record => call.arg(&h.holder).arg(h.ttl_ms).arg(&h.record[..]),
+            Some(h) => call.arg(&h.holder).arg(h.ttl_ms).arg(""),
             None => call.arg("").arg(0).arg(""),
         };
         for hit in hits {
@@ -174,12 +283,155 @@ impl RedisStore {
                 now_ms,
             );
         }
-        if let Some(h) = hold {
+        if let (Some(h), true) = (hold, record) {
             call.key(&h.record_key);
         }
         let reply: Vec<i64> = self.invoke(&call).await?;
         let states = parse_states(&reply, hits.len())?;
-        Ok((reply[0] == 1, states))
+        Ok((reply.first() == Some(&1), states))
+    }
+
+    /// One settle.lua call; `checked` makes it conditional on the record.
+    async fn run_settle(
+        &self,
+        first_key: &str,
+        holder: &str,
+        ops: &[&SettleOp],
+        checked: bool,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut call = self.settle.prepare_invoke();
+        call.key(first_key)
+            .arg(now_ms)
+            .arg(holder)
+            .arg(if checked { "1" } else { "0" });
+        for op in ops {
+            match op {
+                SettleOp::Refund { key, limit, cost } => {
+                    call.key(key);
+                    push_spec(&mut call, &Counter::Rate(*limit), *cost, "refund", now_ms);
+                }
+                SettleOp::Charge { key, limit, cost } => {
+                    let counter = Counter::Rate(*limit);
+                    call.key(counter_key(key, &counter, now_ms));
+                    push_spec(&mut call, &counter, *cost, "charge", now_ms);
+                }
+                SettleOp::Release { key, max } => {
+                    call.key(key);
+                    push_spec(
+                        &mut call,
+                        &Counter::Slots { max: *max },
+                        0,
+                        "release",
+                        now_ms,
+                    );
+                }
+            }
+        }
+        let applied: i64 = self.invoke(&call).await?;
+        Ok(applied == 1)
+    }
+
+    /// Takes per slot, in order, rolling back earlier slots if a later one
+    /// denies (Redis Cluster).
+    async fn take_by_slot(
+        &self,
+        hits: &[Hit],
+        hold: Option<&Hold>,
+        now_ms: u64,
+    ) -> Result<TakeOutcome, StoreError> {
+        let record_tag = hold.map(|h| tag(&h.record_key));
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, h) in hits.iter().enumerate() {
+            groups.entry(tag(&h.key)).or_default().push(i);
+        }
+        // The record goes with its own slot's step (possibly without hits).
+        if let Some(t) = record_tag {
+            groups.entry(t).or_default();
+        }
+        let mut states: Vec<Option<HitState>> = vec![None; hits.len()];
+        let mut done: Vec<&Vec<usize>> = Vec::new();
+        for (t, idx) in &groups {
+            let group: Vec<&Hit> = idx.iter().map(|&i| &hits[i]).collect();
+            let record = record_tag == Some(*t);
+            let step = self.run(&group, hold, record, now_ms, true).await;
+            let (admitted, got) = match step {
+                Ok(x) => x,
+                Err(e) => {
+                    self.roll_back(hits, &done, hold, now_ms).await;
+                    return Err(e);
+                }
+            };
+            for (&i, st) in idx.iter().zip(got) {
+                states[i] = Some(st);
+            }
+            if !admitted {
+                self.roll_back(hits, &done, hold, now_ms).await;
+                return Ok(TakeOutcome {
+                    admitted: false,
+                    hits: states.into_iter().map(|s| s.unwrap_or(UNKNOWN)).collect(),
+                });
+            }
+            done.push(idx);
+        }
+        Ok(TakeOutcome {
+            admitted: true,
+            hits: states.into_iter().map(|s| s.unwrap_or(UNKNOWN)).collect(),
+        })
+    }
+
+    /// Gives back exactly what earlier steps took: the same window keys,
+    /// bucket amounts and slots. A record written by an earlier step is left
+    /// to expire (nothing reads a record whose request was denied).
+    async fn roll_back(
+        &self,
+        hits: &[Hit],
+        done: &[&Vec<usize>],
+        hold: Option<&Hold>,
+        now_ms: u64,
+    ) {
+        for idx in done {
+            let ops: Vec<SettleOp> = idx
+                .iter()
+                .map(|&i| &hits[i])
+                .filter(|h| h.cost > 0)
+                .map(|h| match h.counter {
+                    Counter::Rate(limit) => SettleOp::Refund {
+                        key: counter_key(&h.key, &h.counter, now_ms),
+                        limit,
+                        cost: h.cost,
+                    },
+                    Counter::Slots { max } => SettleOp::Release {
+                        key: h.key.clone(),
+                        max,
+                    },
+                })
+                .collect();
+            let Some(first) = ops.first().map(op_key) else {
+                continue;
+            };
+            let refs: Vec<&SettleOp> = ops.iter().collect();
+            let holder = hold.map(|h| h.holder.as_str()).unwrap_or("");
+            if let Err(e) = self.run_settle(first, holder, &refs, false, now_ms).await {
+                tracing::warn!(error = %e, "rollback of an earlier slot failed; its counters stay taken until they expire");
+            }
+        }
+    }
+}
+
+/// A state for a hit whose slot was never asked (an earlier one denied).
+const UNKNOWN: HitState = HitState {
+    over: false,
+    remaining: 0,
+    reset_after_ms: 0,
+    retry_after_ms: 0,
+};
+
+fn op_key(op: &SettleOp) -> &str {
+    match op {
+        SettleOp::Refund { key, .. }
+        | SettleOp::Charge { key, .. }
+        | SettleOp::Release { key, .. } => key,
     }
 }
 
@@ -216,7 +468,11 @@ impl Store for RedisStore {
                 hits: vec![],
             });
         }
-        let (admitted, hits) = self.run(hits, hold, now_ms, true).await?;
+        if self.is_cluster() {
+            return self.take_by_slot(hits, hold, now_ms).await;
+        }
+        let refs: Vec<&Hit> = hits.iter().collect();
+        let (admitted, hits) = self.run(&refs, hold, hold.is_some(), now_ms, true).await?;
         Ok(TakeOutcome { admitted, hits })
     }
 
@@ -224,7 +480,24 @@ impl Store for RedisStore {
         if hits.is_empty() {
             return Ok(vec![]);
         }
-        Ok(self.run(hits, None, now_ms, false).await?.1)
+        if !self.is_cluster() {
+            let refs: Vec<&Hit> = hits.iter().collect();
+            return Ok(self.run(&refs, None, false, now_ms, false).await?.1);
+        }
+        // Giving back never denies: per slot, in any order.
+        let mut states = vec![UNKNOWN; hits.len()];
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, h) in hits.iter().enumerate() {
+            groups.entry(tag(&h.key)).or_default().push(i);
+        }
+        for idx in groups.values() {
+            let group: Vec<&Hit> = idx.iter().map(|&i| &hits[i]).collect();
+            let (_, got) = self.run(&group, None, false, now_ms, false).await?;
+            for (&i, st) in idx.iter().zip(got) {
+                states[i] = st;
+            }
+        }
+        Ok(states)
     }
 
     async fn settle(
@@ -234,33 +507,29 @@ impl Store for RedisStore {
         ops: &[SettleOp],
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut call = self.settle.prepare_invoke();
-        call.key(record_key).arg(now_ms).arg(holder);
-        for op in ops {
-            match op {
-                SettleOp::Refund { key, limit, cost } => {
-                    call.key(key);
-                    push_spec(&mut call, &Counter::Rate(*limit), *cost, "refund", now_ms);
-                }
-                SettleOp::Charge { key, limit, cost } => {
-                    let counter = Counter::Rate(*limit);
-                    call.key(counter_key(key, &counter, now_ms));
-                    push_spec(&mut call, &counter, *cost, "charge", now_ms);
-                }
-                SettleOp::Release { key, max } => {
-                    call.key(key);
-                    push_spec(
-                        &mut call,
-                        &Counter::Slots { max: *max },
-                        0,
-                        "release",
-                        now_ms,
-                    );
-                }
-            }
+        let record_tag = tag(record_key);
+        let (mine, others): (Vec<&SettleOp>, Vec<&SettleOp>) = if self.is_cluster() {
+            ops.iter().partition(|op| tag(op_key(op)) == record_tag)
+        } else {
+            (ops.iter().collect(), vec![])
+        };
+        // The record's own slot first: deleting the record is what makes a
+        // settle happen once.
+        if !self
+            .run_settle(record_key, holder, &mine, true, now_ms)
+            .await?
+        {
+            return Ok(false);
         }
-        let applied: i64 = self.invoke(&call).await?;
-        Ok(applied == 1)
+        let mut groups: BTreeMap<&str, Vec<&SettleOp>> = BTreeMap::new();
+        for op in others {
+            groups.entry(tag(op_key(op))).or_default().push(op);
+        }
+        for group in groups.values() {
+            let first = group.first().map(|op| op_key(op)).unwrap_or(record_key);
+            self.run_settle(first, holder, group, false, now_ms).await?;
+        }
+        Ok(true)
     }
 
     async fn record(&self, record_key: &str, _now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -290,5 +559,21 @@ impl Store for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tag;
+
+    #[test]
+    fn hash_tags() {
+        assert_eq!(tag("tg:{abc}:minute:x"), "abc");
+        assert_eq!(
+            tag("tg:{}:x"),
+            "tg:{}:x",
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(tag("plain"), "plain");
     }
 }
