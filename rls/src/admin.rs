@@ -1,5 +1,5 @@
 //! The admin HTTP listener: liveness, readiness, metrics, the config in
-//! force. Bound to loopback unless configured otherwise: it is for the
+//! force, and the HTTP check API for nginx and other proxies. Bound to loopback unless configured otherwise: it is for the
 //! operator and the scraper, not for clients.
 
 use crate::app::App;
@@ -18,7 +18,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/config", get(config))
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(crate::service::http_check::router(app))
 }
 
 /// Ready while the store answers: a load balancer should send traffic to
