@@ -42,6 +42,10 @@ pub struct Metrics {
     quota_tokens: IntCounterVec,
     llm_settlements: IntCounterVec,
     estimate_error: HistogramVec,
+    /// Requests waiting for capacity now.
+    pub llm_waiting: IntGauge,
+    llm_wait_seconds: HistogramVec,
+    llm_fallbacks: IntCounterVec,
     detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
 }
 
@@ -106,7 +110,35 @@ impl Metrics {
         registry
             .register(Box::new(estimate_error.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let llm_waiting = IntGauge::new(
+            "tollgate_llm_waiting",
+            "LLM requests waiting in line for capacity now.",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(llm_waiting.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let llm_wait_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_llm_wait_seconds",
+                "Time LLM requests waited in line, by how the wait ended (admitted, denied, cancelled).",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["outcome"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(llm_wait_seconds.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
+            llm_waiting,
+            llm_wait_seconds,
+            llm_fallbacks: counter(
+                r,
+                "tollgate_llm_fallbacks_total",
+                "LLM requests sent to a fallback model, by configured model names.",
+                &["from", "to"],
+            ),
             llm_requests: counter(
                 r,
                 "tollgate_llm_requests_total",
@@ -302,6 +334,18 @@ impl Metrics {
                 .with_label_values(&[model])
                 .observe(ratio);
         }
+    }
+
+    /// A wait in line ended (`admitted`, `denied` or `cancelled`).
+    pub fn llm_waited(&self, outcome: &str, seconds: f64) {
+        self.llm_wait_seconds
+            .with_label_values(&[outcome])
+            .observe(seconds);
+    }
+
+    /// A request moved from one configured model to its fallback.
+    pub fn llm_fallback(&self, from: &str, to: &str) {
+        self.llm_fallbacks.with_label_values(&[from, to]).inc();
     }
 
     /// Marks `version` as the config in force.

@@ -45,9 +45,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     if let Some(path) = &options.config_path {
         crate::reload::spawn(app.clone(), path.clone());
     }
+    engine.spawn_freed_listener();
     let mut sweep = vec![engine.local_store().clone()];
     sweep.extend(memory);
-    spawn_sweeper(sweep);
+    spawn_sweeper(sweep, engine.clone());
 
     let grpc = TcpListener::bind(server.grpc_listen)
         .await
@@ -137,6 +138,9 @@ fn build_store(config: &Config) -> anyhow::Result<Built> {
     })
 }
 
+/// Class shares of a budget nobody used for this long start over.
+const SHARES_IDLE_MS: u64 = 600_000;
+
 /// How long an open breaker waits before its next probe.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 
@@ -156,8 +160,9 @@ fn spawn_prober(store: Arc<dyn Store>, health: Arc<Health>, metrics: Arc<Metrics
     });
 }
 
-/// Drops expired counters from the in-memory maps once a second.
-fn spawn_sweeper(stores: Vec<Arc<MemoryStore>>) {
+/// Drops expired counters from the in-memory maps once a second, and class
+/// shares of budgets idle for ten minutes.
+fn spawn_sweeper(stores: Vec<Arc<MemoryStore>>, engine: Engine) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -167,6 +172,7 @@ fn spawn_sweeper(stores: Vec<Arc<MemoryStore>>) {
             for store in &stores {
                 store.sweep(now);
             }
+            engine.shares().sweep(now, SHARES_IDLE_MS);
         }
     });
 }

@@ -95,8 +95,15 @@ async fn refunds_readmit_what_the_estimate_held(h: &Harness) {
             quota,
             retry_after,
             headers,
+            line,
+            on_release,
         } => {
             assert_eq!(quota, "acme");
+            assert!(
+                line.contains(":tmw:"),
+                "the tokens-per-minute counter: {line}"
+            );
+            assert!(!on_release);
             assert_eq!(
                 retry_after,
                 Duration::from_secs(50),

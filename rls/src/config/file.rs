@@ -17,6 +17,8 @@ pub(crate) struct FileView {
     pub model: Vec<Spanned<ModelView>>,
     #[serde(default)]
     pub quota: Vec<Spanned<QuotaView>>,
+    #[serde(default)]
+    pub class: Vec<Spanned<ClassView>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -88,6 +90,9 @@ pub(crate) struct LlmView {
     pub on_upstream_error: Option<Spanned<String>>,
     pub allow_unknown_models: Option<bool>,
     pub unknown_model_max_output: Option<u64>,
+    pub max_wait: Option<Spanned<String>>,
+    pub max_wait_cap: Option<Spanned<String>>,
+    pub model_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +103,7 @@ pub(crate) struct ModelView {
     pub default_max_output: Spanned<u64>,
     #[serde(default)]
     pub fallback: Vec<String>,
+    pub max_wait: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +120,22 @@ pub(crate) struct QuotaView {
     pub algorithm: Option<Spanned<String>>,
     pub count: Option<Spanned<CountView>>,
     pub on_error: Option<Spanned<String>>,
+    pub max_wait: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClassView {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub priority: i64,
+    pub share: Option<Spanned<f64>>,
+    pub flexible: Option<bool>,
+    pub max_wait: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    pub matchers: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    pub default: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -61,8 +61,12 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
                 llm.quotas.push(q);
             }
         }
+        for c in view.class {
+            llm.classes.0.push(validate_llm::class(src, c, &mut errors));
+        }
     }
     validate_llm::cross_check(&llm.models, &llm.quotas, &mut errors);
+    validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
     let rules = match RuleSet::new(rules.clone()) {
         Ok(set) => set,

@@ -1,14 +1,15 @@
 //! Validation of `[llm]`, `[[model]]` and `[[quota]]`.
 
 use super::error::Source;
-use super::file::{CountView, LlmView, ModelView, QuotaView};
+use super::file::{ClassView, CountView, LlmView, ModelView, QuotaView};
 use super::ConfigError;
 use crate::config::FailurePolicy;
 use crate::rules::{
-    Algorithm, CountSpec, IdentityKey, Limit, LlmSettings, Model, Period, Quota, QuotaLimit,
-    RuleId, SettlePolicy, ValuePattern,
+    Algorithm, Class, CountSpec, IdentityKey, Limit, LlmSettings, MaxWait, Model, Period, Quota,
+    QuotaLimit, RuleId, SettlePolicy, ValuePattern,
 };
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 use toml::Spanned;
 
 pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) -> LlmSettings {
@@ -79,7 +80,65 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
     if let Some(n) = v.unknown_model_max_output {
         s.unknown_model_max_output = n;
     }
+    if let Some(w) = max_wait(src, v.max_wait.as_ref(), "llm.max_wait", errors) {
+        s.max_wait = w;
+    }
+    if let Some(c) = v.max_wait_cap {
+        match humantime::parse_duration(c.get_ref().trim()) {
+            Ok(d) if d <= Duration::from_secs(3600) => s.max_wait_cap = d,
+            _ => errors.push(src.error(
+                c.span().start,
+                "llm.max_wait_cap",
+                format!("`{}`: a duration of at most 1h, like \"30s\"", c.get_ref()),
+            )),
+        }
+    }
+    if let Some(h) = v.model_header {
+        s.model_header = h.to_ascii_lowercase();
+    }
     s
+}
+
+/// An optional `max_wait` field: `"auto"` or a duration.
+fn max_wait(
+    src: &Source,
+    v: Option<&Spanned<String>>,
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MaxWait> {
+    let v = v?;
+    match MaxWait::parse(v.get_ref()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            errors.push(src.error(v.span().start, field, e));
+            None
+        }
+    }
+}
+
+/// A `match = { key = "pattern" }` table of a quota or a class.
+fn matchers(
+    src: &Source,
+    table: Option<&Spanned<BTreeMap<String, String>>>,
+    at: usize,
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(IdentityKey, ValuePattern)> {
+    let Some(table) = table else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in table.get_ref() {
+        match IdentityKey::parse(k) {
+            Some(key) => out.push((key, ValuePattern::parse(v))),
+            None => errors.push(src.error(
+                table.span().start.max(at),
+                field,
+                format!("`{k}`: expected tenant, api_key, class, model or route"),
+            )),
+        }
+    }
+    out
 }
 
 pub(crate) fn model(src: &Source, v: Spanned<ModelView>, errors: &mut Vec<ConfigError>) -> Model {
@@ -102,6 +161,7 @@ pub(crate) fn model(src: &Source, v: Spanned<ModelView>, errors: &mut Vec<Config
         ));
     }
     Model {
+        max_wait: max_wait(src, m.max_wait.as_ref(), "model.max_wait", errors),
         name: m.name.into_inner(),
         context_window: m.context_window.into_inner(),
         default_max_output: m.default_max_output.into_inner(),
@@ -122,22 +182,8 @@ pub(crate) fn quota(
     if name.is_empty() {
         errors.push(src.error(q.name.span().start, field("name"), "must not be empty"));
     }
-    let mut matchers = Vec::new();
-    let empty = Default::default();
-    let (table, table_at) = match &q.matchers {
-        Some(m) => (m.get_ref(), m.span().start),
-        None => (&empty, at),
-    };
-    for (k, v) in table {
-        match IdentityKey::parse(k) {
-            Some(key) => matchers.push((key, ValuePattern::parse(v))),
-            None => errors.push(src.error(
-                table_at,
-                field("match"),
-                format!("`{k}`: expected tenant, api_key, class, model or route"),
-            )),
-        }
-    }
+    let matchers = matchers(src, q.matchers.as_ref(), at, "quota.match", errors);
+    let max_wait = max_wait(src, q.max_wait.as_ref(), "quota.max_wait", errors);
     let mut algorithm = Algorithm::FixedWindow;
     if let Some(a) = &q.algorithm {
         match Algorithm::parse(a.get_ref()) {
@@ -250,8 +296,80 @@ pub(crate) fn quota(
         limits,
         count,
         on_error,
+        max_wait,
         source: format!("{}:{}", src.name, src.line_of(at)),
     })
+}
+
+pub(crate) fn class(src: &Source, v: Spanned<ClassView>, errors: &mut Vec<ConfigError>) -> Class {
+    let at = v.span().start;
+    let c = v.into_inner();
+    let name = c.name.get_ref().trim().to_string();
+    if name.is_empty() {
+        errors.push(src.error(c.name.span().start, "class.name", "must not be empty"));
+    }
+    let share = c.share.as_ref().map(|s| {
+        let x = *s.get_ref();
+        if !(x > 0.0 && x <= 1.0) {
+            errors.push(src.error(
+                s.span().start,
+                "class.share",
+                format!("{x}: a fraction of the budget, above 0 and at most 1"),
+            ));
+        }
+        x
+    });
+    Class {
+        name,
+        priority: c.priority,
+        share,
+        flexible: c.flexible.unwrap_or(true),
+        max_wait: max_wait(src, c.max_wait.as_ref(), "class.max_wait", errors),
+        matchers: matchers(src, c.matchers.as_ref(), at, "class.match", errors),
+        default: c.default,
+        source: format!("{}:{}", src.name, src.line_of(at)),
+    }
+}
+
+/// Class names are unique (they are metric labels and header values); at
+/// most one is the default; shares are given for every class or none, and
+/// add up to 1.
+pub(crate) fn check_classes(classes: &[Class], errors: &mut Vec<ConfigError>) {
+    let mut seen = HashSet::new();
+    for c in classes {
+        if !seen.insert(c.name.as_str()) {
+            errors.push(ConfigError::at(
+                &c.source,
+                "class.name",
+                format!("`{}` is defined twice", c.name),
+            ));
+        }
+    }
+    if let Some(second) = classes.iter().filter(|c| c.default).nth(1) {
+        errors.push(ConfigError::at(
+            &second.source,
+            "class.default",
+            "more than one class is the default".into(),
+        ));
+    }
+    let with_share = classes.iter().filter(|c| c.share.is_some()).count();
+    let first = classes.first().map(|c| c.source.as_str()).unwrap_or("");
+    if with_share > 0 && with_share < classes.len() {
+        errors.push(ConfigError::at(
+            first,
+            "class.share",
+            "give every class a share, or none (then classes only order the queue)".into(),
+        ));
+    } else if with_share > 0 {
+        let sum: f64 = classes.iter().filter_map(|c| c.share).sum();
+        if (sum - 1.0).abs() > 0.001 {
+            errors.push(ConfigError::at(
+                first,
+                "class.share",
+                format!("the shares add up to {sum:.3}, not 1"),
+            ));
+        }
+    }
 }
 
 /// Quota names are metric labels and must be unique; fallbacks must name

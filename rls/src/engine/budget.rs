@@ -9,7 +9,10 @@
 //! the record, once: a second settle finds no record and changes nothing.
 
 use super::decide::Engine;
-use crate::rules::{CountSpec, Identity, Limit, LlmConfig, Quota, QuotaLimit, Tokens};
+use super::shares::{cap, Use};
+use crate::rules::{
+    Class, CountSpec, Identity, IdentityKey, Limit, LlmConfig, Quota, QuotaLimit, Tokens,
+};
 use crate::store::{counter_key, Counter, Hit, HitState, Hold, SettleOp};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -24,6 +27,12 @@ pub struct Reservation {
     pub taken: Vec<Taken>,
     /// Taken from this instance's memory while the store was down.
     pub local: bool,
+    /// The class it was taken for, when classes divide the budgets, and the
+    /// budgets (quota and values) whose class shares it used.
+    #[serde(default)]
+    pub class: Option<String>,
+    #[serde(default)]
+    pub class_budgets: Vec<String>,
 }
 
 /// One counter a reservation took from.
@@ -144,6 +153,11 @@ pub enum Reserved {
         quota: String,
         retry_after: Duration,
         headers: BudgetView,
+        /// The counter that said no (and longest): where to wait for it.
+        line: String,
+        /// It is a concurrency limit: it frees when a request ends, at no
+        /// time the store can tell.
+        on_release: bool,
     },
 }
 
@@ -171,6 +185,25 @@ pub enum Settlement {
     Assumed(Tokens),
 }
 
+/// The counters one reservation takes, each with what it belongs to.
+pub(super) struct Plan<'c> {
+    pub hits: Vec<Hit>,
+    pub owners: Vec<Part<'c>>,
+    /// Per quota budget split by class: (budget, limits of the quota).
+    pub class_budgets: Vec<(String, Vec<(u64, Use)>)>,
+}
+
+/// What one hit of a plan is for.
+#[derive(Clone)]
+pub(super) struct Part<'c> {
+    pub quota: &'c Quota,
+    pub kind: TakenKind,
+    /// The class's cap when this is a class share of the quota's limit.
+    pub class_cap: Option<u64>,
+    /// The quota and the request's values of its keys.
+    pub budget: String,
+}
+
 impl Engine {
     /// Reserves `estimate` against every quota that matches `id`.
     pub async fn reserve(
@@ -180,13 +213,142 @@ impl Engine {
         estimate: Tokens,
         ttl: Duration,
     ) -> Reserved {
+        self.reserve_as(llm, id, None, estimate, ttl).await
+    }
+
+    /// Reserves for a request of `class`: when classes have shares, each
+    /// limit is taken twice, from the quota's counter and from the class's
+    /// share of it, in the same all-or-nothing step.
+    pub async fn reserve_as(
+        &self,
+        llm: &LlmConfig,
+        id: &Identity,
+        class: Option<&Class>,
+        estimate: Tokens,
+        ttl: Duration,
+    ) -> Reserved {
         let now = self.clock().now_ms();
-        let quotas: Vec<&Quota> = llm.quotas_for(id).collect();
+        let plan = self.plan_reservation(llm, id, class, estimate, now);
         let reservation_id = new_id();
-        let mut hits = Vec::new();
-        let mut owners: Vec<(&Quota, TakenKind)> = Vec::new();
-        for q in &quotas {
+        let record_tag = plan
+            .owners
+            .first()
+            .map(|p| p.quota.id.to_string())
+            .unwrap_or_default();
+        let mut reservation = Reservation {
+            id: reservation_id.clone(),
+            record_key: format!("tg:{{{record_tag}}}:res:{reservation_id}"),
+            model: id.model.clone(),
+            estimate,
+            taken: plan
+                .hits
+                .iter()
+                .zip(&plan.owners)
+                .map(|(h, p)| Taken {
+                    quota: p.quota.name.clone(),
+                    base_key: h.key.clone(),
+                    key: counter_key(&h.key, &h.counter, now),
+                    what: p.kind,
+                    cost: h.cost,
+                })
+                .collect(),
+            local: false,
+            class: class.map(|c| c.name.clone()),
+            class_budgets: plan.class_budgets.iter().map(|(b, _)| b.clone()).collect(),
+        };
+        if plan.hits.is_empty() {
+            return Reserved::Admitted {
+                reservation,
+                headers: BudgetView::default(),
+            };
+        }
+        let hold = Hold {
+            holder: reservation_id,
+            ttl_ms: ttl.as_millis() as u64,
+            record_key: reservation.record_key.clone(),
+            record: serde_json::to_vec(&reservation).unwrap_or_default(),
+        };
+        let outcome = match self
+            .timed("reserve", self.store().take(&plan.hits, Some(&hold), now))
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                let policies: Vec<_> = plan
+                    .owners
+                    .iter()
+                    .map(|p| self.policy(p.quota.on_error))
+                    .collect();
+                reservation.local = policies.contains(&crate::config::FailurePolicy::Local);
+                self.by_policy(&plan.hits, &policies, Some(&hold), e, now)
+                    .await
+            }
+        };
+        if let Some(c) = class {
+            self.observe_shares(llm, c, &plan, &outcome.hits, outcome.admitted, now);
+        }
+        let headers = view(&plan.hits, &plan.owners, &outcome.hits);
+        if outcome.admitted {
+            return Reserved::Admitted {
+                reservation,
+                headers,
+            };
+        }
+        let binding = plan
+            .hits
+            .iter()
+            .zip(&plan.owners)
+            .zip(&outcome.hits)
+            .filter(|((h, _), st)| st.over && h.enforce)
+            .max_by_key(|(_, st)| st.retry_after_ms);
+        let (quota, retry, line, on_release) = match binding {
+            Some(((h, p), st)) => (
+                p.quota.name.clone(),
+                st.retry_after_ms,
+                h.key.clone(),
+                matches!(h.counter, Counter::Slots { .. }),
+            ),
+            None => Default::default(),
+        };
+        Reserved::Denied {
+            quota,
+            retry_after: Duration::from_millis(retry),
+            headers,
+            line,
+            on_release,
+        }
+    }
+
+    /// The counters a reservation of `estimate` by `id` (of `class`) takes.
+    pub(super) fn plan_reservation<'c>(
+        &self,
+        llm: &'c LlmConfig,
+        id: &Identity,
+        class: Option<&Class>,
+        estimate: Tokens,
+        now: u64,
+    ) -> Plan<'c> {
+        let mut plan = Plan {
+            hits: Vec::new(),
+            owners: Vec::new(),
+            class_budgets: Vec::new(),
+        };
+        for q in llm.quotas.iter().filter(|q| q.matches(id)) {
             let values = identity_values(q, id);
+            let budget = format!("{}:{values}", q.id);
+            // A quota that already matches on the class is that class's own.
+            let split = class.filter(|c| {
+                c.share.is_some() && !q.matchers.iter().any(|(k, _)| *k == IdentityKey::Class)
+            });
+            let uses: Vec<(u64, Use)> = q
+                .limits
+                .iter()
+                .map(|l| match l {
+                    QuotaLimit::Tokens(l) | QuotaLimit::Requests(l) => (l.amount, Use::Rate),
+                    QuotaLimit::Concurrent { max } => (*max, Use::Slots),
+                })
+                .collect();
+            let ratio = split.map(|c| self.shares().ratio(&budget, &llm.classes, c, &uses, now));
             for limit in &q.limits {
                 let (counter, cost, kind, tag) = match limit {
                     QuotaLimit::Tokens(l) => (
@@ -211,80 +373,65 @@ impl Engine {
                         "c".to_string(),
                     ),
                 };
-                hits.push(Hit {
-                    key: format!("tg:{{{}}}:{tag}:{values}", q.id),
+                let key = format!("tg:{{{}}}:{tag}:{values}", q.id);
+                let cost = cost.min(crate::rules::MAX_COST);
+                if let (Some(c), Some(r)) = (split, ratio) {
+                    let (counter, kind, cap) = class_share(counter, kind, r);
+                    let mut class_key = format!("{key}:class=");
+                    super::keys::escape_into(&mut class_key, &c.name);
+                    plan.hits.push(Hit {
+                        key: class_key,
+                        counter,
+                        cost,
+                        enforce: true,
+                    });
+                    plan.owners.push(Part {
+                        quota: q,
+                        kind,
+                        class_cap: Some(cap),
+                        budget: budget.clone(),
+                    });
+                }
+                plan.hits.push(Hit {
+                    key,
                     counter,
-                    cost: cost.min(crate::rules::MAX_COST),
+                    cost,
                     enforce: true,
                 });
-                owners.push((q, kind));
+                plan.owners.push(Part {
+                    quota: q,
+                    kind,
+                    class_cap: None,
+                    budget: budget.clone(),
+                });
+            }
+            if split.is_some() {
+                plan.class_budgets.push((budget, uses));
             }
         }
-        let record_tag = quotas.first().map(|q| q.id.to_string()).unwrap_or_default();
-        let mut reservation = Reservation {
-            id: reservation_id.clone(),
-            record_key: format!("tg:{{{record_tag}}}:res:{reservation_id}"),
-            model: id.model.clone(),
-            estimate,
-            taken: hits
+        plan
+    }
+
+    /// Tells the class shares what the store said of the class counters.
+    fn observe_shares(
+        &self,
+        llm: &LlmConfig,
+        class: &Class,
+        plan: &Plan<'_>,
+        states: &[HitState],
+        admitted: bool,
+        now: u64,
+    ) {
+        for (budget, _) in &plan.class_budgets {
+            let seen: Vec<(u64, u64, u64)> = plan
+                .owners
                 .iter()
-                .zip(&owners)
-                .map(|(h, (q, kind))| Taken {
-                    quota: q.name.clone(),
-                    base_key: h.key.clone(),
-                    key: counter_key(&h.key, &h.counter, now),
-                    what: *kind,
-                    cost: h.cost,
-                })
-                .collect(),
-            local: false,
-        };
-        if hits.is_empty() {
-            return Reserved::Admitted {
-                reservation,
-                headers: BudgetView::default(),
-            };
-        }
-        let hold = Hold {
-            holder: reservation_id,
-            ttl_ms: ttl.as_millis() as u64,
-            record_key: reservation.record_key.clone(),
-            record: serde_json::to_vec(&reservation).unwrap_or_default(),
-        };
-        let outcome = match self
-            .timed("reserve", self.store().take(&hits, Some(&hold), now))
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                let policies: Vec<_> = owners
-                    .iter()
-                    .map(|(q, _)| self.policy(q.on_error))
-                    .collect();
-                reservation.local = policies.contains(&crate::config::FailurePolicy::Local);
-                self.by_policy(&hits, &policies, Some(&hold), e, now).await
-            }
-        };
-        let headers = view(&hits, &owners, &outcome.hits);
-        if outcome.admitted {
-            Reserved::Admitted {
-                reservation,
-                headers,
-            }
-        } else {
-            let (quota, retry) = hits
-                .iter()
-                .zip(&owners)
-                .zip(&outcome.hits)
-                .filter(|(_, st)| st.over)
-                .map(|((_, (q, _)), st)| (q.name.clone(), st.retry_after_ms))
-                .max_by_key(|(_, r)| *r)
-                .unwrap_or_default();
-            Reserved::Denied {
-                quota,
-                retry_after: Duration::from_millis(retry),
-                headers,
-            }
+                .zip(states)
+                .filter(|(p, _)| p.class_cap.is_some() && &p.budget == budget)
+                .map(|(p, st)| (p.class_cap.unwrap_or(0), st.remaining, st.reset_after_ms))
+                .collect();
+            self.shares()
+                .observed(budget, &llm.classes, &class.name, &seen, admitted, now);
         }
     }
 
@@ -300,6 +447,8 @@ impl Engine {
             Settlement::Usage(t) | Settlement::Assumed(t) => t,
         };
         let mut ops = Vec::new();
+        // Counters this settle gives capacity back to: their lines wake.
+        let mut freed = Vec::new();
         for t in &reservation.taken {
             match t.what {
                 TakenKind::Tokens { limit, count } => {
@@ -308,6 +457,7 @@ impl Engine {
                     };
                     let used = count.cost(&actual);
                     if used < t.cost {
+                        freed.push(t.base_key.clone());
                         ops.push(SettleOp::Refund {
                             key: t.key.clone(),
                             limit,
@@ -322,10 +472,13 @@ impl Engine {
                     }
                 }
                 TakenKind::Requests => {}
-                TakenKind::Slot { max } => ops.push(SettleOp::Release {
-                    key: t.key.clone(),
-                    max,
-                }),
+                TakenKind::Slot { max } => {
+                    freed.push(t.base_key.clone());
+                    ops.push(SettleOp::Release {
+                        key: t.key.clone(),
+                        max,
+                    })
+                }
             }
         }
         let store = if reservation.local {
@@ -333,11 +486,21 @@ impl Engine {
         } else {
             self.store().clone()
         };
-        self.timed(
-            "settle",
-            store.settle(&reservation.record_key, &reservation.id, &ops, now),
-        )
-        .await
+        let settled = self
+            .timed(
+                "settle",
+                store.settle(&reservation.record_key, &reservation.id, &ops, now),
+            )
+            .await?;
+        if settled {
+            if let Some(class) = &reservation.class {
+                for b in &reservation.class_budgets {
+                    self.shares().released(b, class, now);
+                }
+            }
+            self.freed(&freed, !reservation.local);
+        }
+        Ok(settled)
     }
 
     /// Reads a reservation back from the store (for a settle that arrives
@@ -372,13 +535,13 @@ fn identity_values(q: &Quota, id: &Identity) -> String {
     out
 }
 
-fn view(hits: &[Hit], owners: &[(&Quota, TakenKind)], states: &[HitState]) -> BudgetView {
+fn view(hits: &[Hit], owners: &[Part<'_>], states: &[HitState]) -> BudgetView {
     let mut v = BudgetView::default();
-    for ((hit, (_, kind)), st) in hits.iter().zip(owners).zip(states) {
+    for ((hit, part), st) in hits.iter().zip(owners).zip(states) {
         let Counter::Rate(limit) = hit.counter else {
             continue;
         };
-        let slot = match kind {
+        let slot = match part.kind {
             TakenKind::Tokens { .. } => &mut v.tokens,
             TakenKind::Requests => &mut v.requests,
             TakenKind::Slot { .. } => continue,
@@ -393,6 +556,28 @@ fn view(hits: &[Hit], owners: &[(&Quota, TakenKind)], states: &[HitState]) -> Bu
         }
     }
     v
+}
+
+/// A class's share of a counter: the same counter at `ratio` of its size.
+fn class_share(counter: Counter, kind: TakenKind, ratio: f64) -> (Counter, TakenKind, u64) {
+    match (counter, kind) {
+        (Counter::Rate(l), kind) => {
+            let amount = cap(l.amount, ratio);
+            let limit = Limit { amount, ..l };
+            let kind = match kind {
+                TakenKind::Tokens { count, .. } => TakenKind::Tokens {
+                    limit: LimitRecord::from_limit(&limit),
+                    count,
+                },
+                other => other,
+            };
+            (Counter::Rate(limit), kind, amount)
+        }
+        (Counter::Slots { max }, _) => {
+            let max = cap(max, ratio);
+            (Counter::Slots { max }, TakenKind::Slot { max }, max)
+        }
+    }
 }
 
 /// 122 random bits: unguessable and unique across instances.

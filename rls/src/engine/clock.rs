@@ -9,11 +9,26 @@ pub enum Clock {
     #[default]
     System,
     Manual(Arc<AtomicU64>),
+    /// Milliseconds from `start_ms`, moving with tokio's clock: under
+    /// `tokio::time::pause()` the store's windows and the waiters' timers
+    /// share one virtual time, so a minute-long wait takes no real time.
+    Tokio {
+        start_ms: u64,
+        started: tokio::time::Instant,
+    },
 }
 
 impl Clock {
     pub fn manual(start_ms: u64) -> Clock {
         Clock::Manual(Arc::new(AtomicU64::new(start_ms)))
+    }
+
+    /// A clock at `start_ms` now, following tokio's (possibly paused) time.
+    pub fn tokio(start_ms: u64) -> Clock {
+        Clock::Tokio {
+            start_ms,
+            started: tokio::time::Instant::now(),
+        }
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -23,6 +38,7 @@ impl Clock {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             Clock::Manual(t) => t.load(Ordering::Relaxed),
+            Clock::Tokio { start_ms, started } => start_ms + started.elapsed().as_millis() as u64,
         }
     }
 

@@ -1,5 +1,7 @@
 use super::check::{Check, Code, Decision, DescriptorResult, MatchedLimit};
 use super::keys::counter_base;
+use super::queue::WaitLines;
+use super::shares::Shares;
 use super::Clock;
 use crate::config::FailurePolicy;
 use crate::metrics::{HitOutcome, Metrics};
@@ -21,6 +23,10 @@ pub struct Engine {
     default_policy: FailurePolicy,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Requests waiting for capacity, by counter.
+    lines: Arc<WaitLines>,
+    /// Class shares of budgets.
+    shares: Arc<Shares>,
 }
 
 /// The descriptor entry Envoy adds to the stream-done call
@@ -67,6 +73,8 @@ impl Engine {
             default_policy: FailurePolicy::FailClosed,
             clock: Clock::System,
             metrics,
+            lines: Arc::default(),
+            shares: Arc::default(),
         }
     }
 
@@ -92,6 +100,53 @@ impl Engine {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The wait lines of this instance.
+    pub fn lines(&self) -> &Arc<WaitLines> {
+        &self.lines
+    }
+
+    /// The class shares of budgets this instance has seen.
+    pub fn shares(&self) -> &Shares {
+        &self.shares
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Capacity came back on these counters: wake their lines here and, if
+    /// the store is shared, on the other instances (without waiting).
+    pub(super) fn freed(&self, keys: &[String], announce: bool) {
+        for k in keys {
+            self.lines.wake(k);
+        }
+        if announce && !keys.is_empty() && self.store.kind() != "memory" {
+            let store = self.store.clone();
+            let keys = keys.to_vec();
+            tokio::spawn(async move {
+                if let Err(e) = store.announce_freed(&keys).await {
+                    tracing::debug!(error = %e, "could not announce freed capacity");
+                }
+            });
+        }
+    }
+
+    /// Wakes this instance's waiters when another instance frees capacity
+    /// they wait for. Call once, inside the runtime.
+    pub fn spawn_freed_listener(&self) {
+        let Some(mut freed) = self.store.freed_by_others() else {
+            return;
+        };
+        let lines = self.lines.clone();
+        tokio::spawn(async move {
+            while let Some(keys) = freed.recv().await {
+                for k in &keys {
+                    lines.wake(k);
+                }
+            }
+        });
     }
 
     /// Finds each descriptor's rule, takes every limit of every matched rule

@@ -5,7 +5,10 @@ mod check;
 mod clock;
 mod decide;
 mod keys;
+mod queue;
 mod rls_reserve;
+mod shares;
+mod wait;
 
 pub use budget::{
     token_cost, BudgetView, Remaining, Reservation, Reserved, Settlement, Taken, TakenKind,
@@ -13,3 +16,6 @@ pub use budget::{
 pub use check::{Check, Code, Decision, Descriptor, DescriptorResult, MatchedLimit};
 pub use clock::Clock;
 pub use decide::Engine;
+pub use queue::{Ticket, WaitLines, Woken};
+pub use shares::{adjust, ClassRatio, Shares, Tuning};
+pub use wait::{WaitFor, Waited};

@@ -53,6 +53,8 @@ impl Engine {
             },
             taken,
             local: false,
+            class: None,
+            class_budgets: Vec::new(),
         };
         Hold {
             holder: id.to_string(),

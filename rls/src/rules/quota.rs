@@ -1,6 +1,7 @@
 //! LLM quotas: token, request and concurrency budgets matched on who is
 //! asking (tenant, API key, class) and for what (model, route).
 
+use super::class::{Classes, MaxWait};
 use super::{Limit, RuleId};
 use crate::config::FailurePolicy;
 use serde::Serialize;
@@ -75,7 +76,7 @@ impl ValuePattern {
         }
     }
 
-    fn matches(&self, value: &str) -> bool {
+    pub(crate) fn matches(&self, value: &str) -> bool {
         match self {
             ValuePattern::Exact(v) => v == value,
             ValuePattern::Prefix(p) => value.starts_with(p.as_str()),
@@ -148,6 +149,8 @@ pub struct Quota {
     pub limits: Vec<QuotaLimit>,
     pub count: CountSpec,
     pub on_error: Option<FailurePolicy>,
+    /// How long a request this quota denies may wait for it.
+    pub max_wait: Option<MaxWait>,
     pub source: String,
 }
 
@@ -165,7 +168,9 @@ pub struct Model {
     pub name: String,
     pub context_window: u64,
     pub default_max_output: u64,
+    /// Tried in order when this model's quotas say no after waiting.
     pub fallback: Vec<String>,
+    pub max_wait: Option<MaxWait>,
 }
 
 /// What to charge for a request that ended without reported usage.
@@ -211,6 +216,15 @@ pub struct LlmSettings {
     /// output tokens assumed, or refused when `false`.
     pub allow_unknown_models: bool,
     pub unknown_model_max_output: u64,
+    /// The wait when no class, quota or model sets one.
+    pub max_wait: MaxWait,
+    /// No request waits longer than this in all (fallbacks included);
+    /// Envoy's ext_proc `max_message_timeout` must allow it.
+    #[serde(with = "humantime_secs")]
+    pub max_wait_cap: Duration,
+    /// Set on the upstream request to the model it goes to (after a
+    /// fallback, the new one), for Envoy to route on.
+    pub model_header: String,
 }
 
 impl Default for LlmSettings {
@@ -227,6 +241,9 @@ impl Default for LlmSettings {
             on_upstream_error: SettlePolicy::Refund,
             allow_unknown_models: true,
             unknown_model_max_output: 4096,
+            max_wait: MaxWait::Auto,
+            max_wait_cap: Duration::from_secs(30),
+            model_header: "x-tollgate-model".into(),
         }
     }
 }
@@ -246,6 +263,7 @@ pub struct LlmConfig {
     pub settings: LlmSettings,
     pub models: Vec<Model>,
     pub quotas: Vec<Quota>,
+    pub classes: Classes,
 }
 
 impl LlmConfig {
@@ -293,6 +311,7 @@ mod tests {
             limits: vec![],
             count: CountSpec::Total,
             on_error: None,
+            max_wait: None,
             source: String::new(),
         };
         let mut id = Identity {

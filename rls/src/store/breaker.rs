@@ -146,6 +146,14 @@ impl Store for Breaker {
         self.call(self.inner.ping()).await
     }
 
+    async fn announce_freed(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.call(self.inner.announce_freed(keys)).await
+    }
+
+    fn freed_by_others(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<String>>> {
+        self.inner.freed_by_others()
+    }
+
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }

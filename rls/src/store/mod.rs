@@ -7,6 +7,7 @@ mod breaker;
 mod error;
 mod memory;
 mod redis;
+mod redis_freed;
 
 pub use arith::HitState;
 pub use arith::SLOT_RETRY_MS;
@@ -119,6 +120,20 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the store answers (a shared store's health probe).
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Tells the other instances sharing this store that these counters
+    /// (keys without their window) have capacity again, so requests waiting
+    /// for them there ask at once. A store nobody shares has no one to tell.
+    async fn announce_freed(&self, _keys: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The counters other instances announce as freed, as they come: one
+    /// subscription per instance, not one per waiter. `None` when nobody
+    /// else shares this store.
+    fn freed_by_others(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<String>>> {
+        None
     }
 
     /// A label for metrics and logs: `memory` or `redis`.

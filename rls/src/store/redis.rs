@@ -82,6 +82,10 @@ pub struct RedisStore {
     take: Script,
     settle: Script,
     timeout: Duration,
+    /// One client per node for the freed-capacity subscription (see
+    /// `redis_freed`), and this instance's name in its messages.
+    subscribers: Vec<redis::Client>,
+    instance: String,
 }
 
 /// The 7 values `common.lua`'s `spec()` reads for one counter.
@@ -162,7 +166,13 @@ impl RedisStore {
                     .set_max_delay(Duration::from_millis(500)),
             }
         };
+        let subscribers = urls
+            .iter()
+            .filter_map(|u| redis::Client::open(u.as_str()).ok())
+            .collect();
         Ok(RedisStore {
+            subscribers,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
             backend,
             connect_timeout,
             conn: ArcSwapOption::empty(),
@@ -555,6 +565,30 @@ impl Store for RedisStore {
         .map_err(|_| StoreError::Timeout(self.timeout))?
         .map(|_| ())
         .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    async fn announce_freed(&self, keys: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let message = super::redis_freed::encode(&self.instance, keys);
+        tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PUBLISH")
+                .arg(super::redis_freed::CHANNEL)
+                .arg(message)
+                .query_async::<i64>(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(self.timeout))?
+        .map(|_| ())
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    fn freed_by_others(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<String>>> {
+        Some(super::redis_freed::subscribe(
+            self.subscribers.clone(),
+            self.instance.clone(),
+            self.connect_timeout,
+        ))
     }
 
     fn kind(&self) -> &'static str {

@@ -5,7 +5,7 @@
 use super::reply;
 use crate::app::App;
 use crate::config::Config;
-use crate::engine::{BudgetView, Reservation, Reserved, Settlement};
+use crate::engine::{BudgetView, Reservation, Settlement, WaitFor, Waited};
 use crate::rules::{Identity, SettlePolicy, Tokens};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValueOption};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
@@ -14,6 +14,8 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tollgate_filters::{self as filters, Endpoint, ErrorKind, Provider, SseUsage};
 
 /// Largest non-streamed response body kept to read its usage; above it the
@@ -32,6 +34,10 @@ enum Body {
 pub(super) struct Exchange {
     app: Arc<App>,
     config: Arc<Config>,
+    /// For a message sent while the answer waits (Envoy's timer extension).
+    replies: Replies,
+    /// Cancelled when Envoy closes the stream.
+    gone: CancellationToken,
     endpoint: Option<Endpoint>,
     identity: Identity,
     reservation: Option<Reservation>,
@@ -41,14 +47,25 @@ pub(super) struct Exchange {
     status: u16,
     body: Body,
     too_big: bool,
+    /// Response headers that say how the request was served: the model,
+    /// the model it fell back from, how long it waited.
+    served: Vec<HeaderValueOption>,
 }
 
+type Replies = mpsc::Sender<Result<ProcessingResponse, tonic::Status>>;
+
+/// Added to Envoy's message timer beyond the longest wait, for the answer
+/// itself to arrive.
+const TIMER_MARGIN: Duration = Duration::from_secs(1);
+
 impl Exchange {
-    pub fn new(app: Arc<App>) -> Exchange {
+    pub fn new(app: Arc<App>, replies: Replies, gone: CancellationToken) -> Exchange {
         let config = app.config.load_full();
         Exchange {
             app,
             config,
+            replies,
+            gone,
             endpoint: None,
             identity: Identity::default(),
             reservation: None,
@@ -57,6 +74,7 @@ impl Exchange {
             status: 0,
             body: Body::None,
             too_big: false,
+            served: Vec::new(),
         }
     }
 
@@ -64,7 +82,7 @@ impl Exchange {
     pub async fn on_message(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
         match msg.request? {
             Request::RequestHeaders(h) => Some(self.on_request_headers(h.headers.as_ref(), h.end_of_stream)),
-            Request::RequestBody(b) => Some(self.on_request_body(&b.body, b.end_of_stream).await),
+            Request::RequestBody(b) => self.on_request_body(&b.body, b.end_of_stream).await,
             Request::ResponseHeaders(h) => {
                 let r = self.on_response_headers(h.headers.as_ref());
                 if h.end_of_stream {
@@ -115,9 +133,13 @@ impl Exchange {
         reply::request_headers(vec![])
     }
 
-    async fn on_request_body(&mut self, body: &[u8], end_of_stream: bool) -> ProcessingResponse {
+    async fn on_request_body(
+        &mut self,
+        body: &[u8],
+        end_of_stream: bool,
+    ) -> Option<ProcessingResponse> {
         let Some(endpoint) = self.endpoint else {
-            return reply::request_body(vec![], None, None);
+            return Some(reply::request_body(vec![], None, None));
         };
         let provider = endpoint.provider();
         let settings = self.config.llm.settings.clone();
@@ -126,12 +148,12 @@ impl Exchange {
             // means it exceeded Envoy's buffer.
             self.app.metrics.llm_request("_other", "too_large");
             tracing::info!(bytes = body.len(), "request body over max_body_bytes");
-            return error(
+            return Some(error(
                 provider,
                 413,
                 ErrorKind::InvalidRequest,
                 "request body too large",
-            );
+            ));
         }
         let bpe = settings.estimator == "bpe";
         // BPE runs at about 50 MB/s: past ~32 KiB a prompt would hold the
@@ -150,7 +172,12 @@ impl Exchange {
             Err(e) => {
                 self.app.metrics.llm_request("_other", "invalid");
                 tracing::info!(reason = %e, endpoint = endpoint.as_str(), "unreadable LLM request");
-                return error(provider, 400, ErrorKind::InvalidRequest, &e.to_string());
+                return Some(error(
+                    provider,
+                    400,
+                    ErrorKind::InvalidRequest,
+                    &e.to_string(),
+                ));
             }
         };
         let llm = self.config.llm.clone();
@@ -163,7 +190,12 @@ impl Exchange {
             None if settings.allow_unknown_models => (u64::MAX, settings.unknown_model_max_output),
             None => {
                 self.app.metrics.llm_request("_other", "unknown_model");
-                return error(provider, 400, ErrorKind::InvalidRequest, "unknown model");
+                return Some(error(
+                    provider,
+                    400,
+                    ErrorKind::InvalidRequest,
+                    "unknown model",
+                ));
             }
         };
         let prompt = request.prompt_tokens_estimate;
@@ -177,77 +209,175 @@ impl Exchange {
                 prompt,
                 asked.unwrap_or(0)
             );
-            return error(provider, 400, ErrorKind::ContextLengthExceeded, &msg);
+            return Some(error(provider, 400, ErrorKind::ContextLengthExceeded, &msg));
         }
-        let output = asked.unwrap_or_else(|| default_output.min(context.saturating_sub(prompt)));
-        let estimate = Tokens {
-            prompt,
-            completion: output,
-            cached: 0,
-        };
-        self.identity.model = request.model.clone();
-        let ttl = settings.reservation_ttl;
-        match self
-            .app
-            .engine
-            .reserve(&llm, &self.identity, estimate, ttl)
-            .await
-        {
-            Reserved::Denied {
-                quota,
-                retry_after,
-                headers,
-            } => {
-                self.app.metrics.llm_request(&self.model_label, "denied");
-                tracing::info!(quota = %quota, model = %self.model_label, retry_after = ?retry_after, "LLM request over budget");
-                let secs = retry_after.as_millis().div_ceil(1000).max(1);
-                let mut h = budget_headers(&headers);
-                h.push(reply::header("retry-after", secs.to_string()));
-                let msg = format!("rate limit reached for quota `{quota}`; retry in {secs}s");
-                reply::immediate(
-                    429,
-                    h,
-                    filters::error_body(provider, 429, ErrorKind::RateLimited, &msg),
-                    "tollgate_over_budget",
+        let class = llm
+            .classes
+            .of(self.identity.class.as_deref(), &self.identity)
+            .cloned();
+        if let Some(c) = &class {
+            self.identity.class = Some(c.name.clone());
+        }
+        // The requested model, then its fallbacks that can hold the request.
+        let mut candidates = vec![(request.model.clone(), context, default_output)];
+        for name in model.map(|m| m.fallback.as_slice()).unwrap_or_default() {
+            if let Some(f) = llm.model(name) {
+                if prompt.saturating_add(asked.unwrap_or(0)) <= f.context_window {
+                    candidates.push((f.name.clone(), f.context_window, f.default_max_output));
+                }
+            }
+        }
+        let latest = tokio::time::Instant::now() + settings.max_wait_cap;
+        let mut timer_extended = false;
+        let mut denied = None;
+        for (i, (name, context, default_output)) in candidates.iter().enumerate() {
+            let output =
+                asked.unwrap_or_else(|| (*default_output).min(context.saturating_sub(prompt)));
+            let estimate = Tokens {
+                prompt,
+                completion: output,
+                cached: 0,
+            };
+            self.identity.model = name.clone();
+            let replies = self.replies.clone();
+            let waited = self
+                .app
+                .engine
+                .reserve_or_wait(
+                    WaitFor {
+                        llm: &llm,
+                        id: &self.identity,
+                        class: class.as_ref(),
+                        estimate,
+                        ttl: settings.reservation_ttl,
+                        latest,
+                    },
+                    &self.gone,
+                    || {
+                        // Envoy takes one extension per message: cover
+                        // every wait still possible, fallbacks included.
+                        if !timer_extended {
+                            timer_extended = true;
+                            let left =
+                                latest.saturating_duration_since(tokio::time::Instant::now());
+                            let _ = replies.try_send(Ok(reply::extend_timer(left + TIMER_MARGIN)));
+                        }
+                    },
                 )
-            }
-            Reserved::Admitted {
-                reservation,
-                headers,
-            } => {
-                self.app.metrics.llm_request(&self.model_label, "admitted");
-                self.app.metrics.llm_tokens(
-                    &self.model_label,
-                    "reserved",
-                    estimate.prompt + estimate.completion,
-                );
-                for t in &reservation.taken {
-                    if matches!(t.what, crate::engine::TakenKind::Tokens { .. }) {
-                        self.app.metrics.quota_tokens(&t.quota, "reserved", t.cost);
-                    }
+                .await;
+            match waited {
+                Waited::Cancelled => {
+                    self.app.metrics.llm_request(&self.model_label, "cancelled");
+                    tracing::info!(model = %self.model_label, "client went away while waiting for capacity");
+                    return None;
                 }
-                let meta = reply::metadata(&[
-                    ("reservation_id", Kind::StringValue(reservation.id.clone())),
-                    ("model", Kind::StringValue(request.model.clone())),
-                    (
-                        "estimated_tokens",
-                        Kind::NumberValue((estimate.prompt + estimate.completion) as f64),
-                    ),
-                ]);
-                self.reservation = Some(reservation);
-                self.budget = headers;
-                let new_body = if settings.inject_stream_usage {
-                    filters::ensure_stream_usage(endpoint, body).ok().flatten()
-                } else {
-                    None
-                };
-                let mut upstream = vec![];
-                if let Some(b) = &new_body {
-                    upstream.push(reply::header("content-length", b.len().to_string()));
+                Waited::Denied {
+                    quota,
+                    retry_after,
+                    headers,
+                    ..
+                } => {
+                    denied = Some((quota, retry_after, headers));
                 }
-                reply::request_body(upstream, new_body, Some(meta))
+                Waited::Admitted {
+                    reservation,
+                    headers,
+                    waited,
+                } => {
+                    let fallback_from = (i > 0).then(|| request.model.clone());
+                    return Some(self.admitted(
+                        endpoint,
+                        body,
+                        reservation,
+                        headers,
+                        estimate,
+                        fallback_from,
+                        waited,
+                    ));
+                }
             }
         }
+        let (quota, retry_after, headers) = denied.unwrap_or_default();
+        self.app.metrics.llm_request(&self.model_label, "denied");
+        tracing::info!(quota = %quota, model = %self.model_label, retry_after = ?retry_after, "LLM request over budget");
+        let secs = retry_after.as_millis().div_ceil(1000).max(1);
+        let mut h = budget_headers(&headers);
+        h.push(reply::header("retry-after", secs.to_string()));
+        let msg = format!("rate limit reached for quota `{quota}`; retry in {secs}s");
+        Some(reply::immediate(
+            429,
+            h,
+            filters::error_body(provider, 429, ErrorKind::RateLimited, &msg),
+            "tollgate_over_budget",
+        ))
+    }
+
+    /// The request goes upstream: record the reservation, rewrite the
+    /// model if it fell back, add the routing header and metadata.
+    #[allow(clippy::too_many_arguments)]
+    fn admitted(
+        &mut self,
+        endpoint: Endpoint,
+        body: &[u8],
+        reservation: Reservation,
+        headers: BudgetView,
+        estimate: Tokens,
+        fallback_from: Option<String>,
+        waited: Duration,
+    ) -> ProcessingResponse {
+        let settings = &self.config.llm.settings;
+        let model = reservation.model.clone();
+        if let Some(from) = &fallback_from {
+            self.app.metrics.llm_fallback(&self.model_label, &model);
+            tracing::info!(from = %self.model_label, to = %model, "model fell back");
+            self.model_label = model.clone();
+            self.served
+                .push(reply::header("x-tollgate-fallback-from", from.clone()));
+        }
+        self.served
+            .push(reply::header("x-tollgate-model", model.clone()));
+        if waited >= Duration::from_millis(1) {
+            self.served.push(reply::header(
+                "x-tollgate-waited-ms",
+                waited.as_millis().to_string(),
+            ));
+        }
+        self.app.metrics.llm_request(&self.model_label, "admitted");
+        self.app.metrics.llm_tokens(
+            &self.model_label,
+            "reserved",
+            estimate.prompt + estimate.completion,
+        );
+        for t in &reservation.taken {
+            if matches!(t.what, crate::engine::TakenKind::Tokens { .. }) {
+                self.app.metrics.quota_tokens(&t.quota, "reserved", t.cost);
+            }
+        }
+        let meta = reply::metadata(&[
+            ("reservation_id", Kind::StringValue(reservation.id.clone())),
+            ("model", Kind::StringValue(model.clone())),
+            (
+                "estimated_tokens",
+                Kind::NumberValue((estimate.prompt + estimate.completion) as f64),
+            ),
+        ]);
+        self.reservation = Some(reservation);
+        self.budget = headers;
+        let mut new_body = None;
+        if fallback_from.is_some() {
+            new_body = filters::rewrite_model(body, &model).ok();
+        }
+        if settings.inject_stream_usage {
+            let current = new_body.as_deref().unwrap_or(body);
+            if let Ok(Some(b)) = filters::ensure_stream_usage(endpoint, current) {
+                new_body = Some(b);
+            }
+        }
+        let mut upstream = vec![reply::header(&settings.model_header, model)];
+        if let Some(b) = &new_body {
+            upstream.push(reply::header("content-length", b.len().to_string()));
+        }
+        reply::request_body_routed(upstream, new_body, Some(meta))
     }
 
     fn on_response_headers(&mut self, headers: Option<&HeaderMap>) -> ProcessingResponse {
@@ -264,7 +394,9 @@ impl Exchange {
         } else {
             Body::Json(Vec::new())
         };
-        reply::response_headers(budget_headers(&self.budget))
+        let mut h = budget_headers(&self.budget);
+        h.extend(self.served.iter().cloned());
+        reply::response_headers(h)
     }
 
     fn on_response_chunk(&mut self, chunk: &[u8]) {

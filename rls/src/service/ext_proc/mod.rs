@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The external processor service.
@@ -38,13 +39,36 @@ impl ExternalProcessor for ExtProcGrpc {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(8);
-        let mut exchange = Exchange::new(self.app.clone());
+        // Fires when Envoy closes either direction: the request is gone,
+        // and a request waiting for capacity stops waiting.
+        let gone = CancellationToken::new();
+        let (messages_tx, mut messages) = mpsc::channel(8);
+        {
+            let gone = gone.clone();
+            let replies = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        msg = inbound.next() => match msg {
+                            Some(Ok(m)) => {
+                                if messages_tx.send(m).await.is_err() {
+                                    break;
+                                }
+                            }
+                            _ => break,
+                        },
+                        _ = replies.closed() => break,
+                    }
+                }
+                gone.cancel();
+            });
+        }
+        let mut exchange = Exchange::new(self.app.clone(), tx.clone(), gone.clone());
         tokio::spawn(async move {
             // Runs until Envoy closes the stream; whatever is still
             // reserved then is settled by policy, so a client that goes
             // away mid-stream frees its slot at once.
-            while let Some(msg) = inbound.next().await {
-                let Ok(msg) = msg else { break };
+            while let Some(msg) = messages.recv().await {
                 if let Some(reply) = exchange.on_message(msg).await {
                     if tx.send(Ok(reply)).await.is_err() {
                         break;

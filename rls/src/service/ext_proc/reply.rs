@@ -71,6 +71,36 @@ pub fn request_body(
     }
 }
 
+/// Like [`request_body`], and asks Envoy to pick the route again: the
+/// model header set here may route the request elsewhere.
+pub fn request_body_routed(
+    headers: Vec<HeaderValueOption>,
+    body: Option<Vec<u8>>,
+    metadata: Option<Struct>,
+) -> ProcessingResponse {
+    let mut r = request_body(headers, body, metadata);
+    if let Some(Response::RequestBody(BodyResponse {
+        response: Some(common),
+    })) = &mut r.response
+    {
+        common.clear_route_cache = true;
+    }
+    r
+}
+
+/// Not an answer: asks Envoy to wait this long for the answer to the
+/// current message (honoured once per message, up to the filter's
+/// `max_message_timeout`).
+pub fn extend_timer(wait: std::time::Duration) -> ProcessingResponse {
+    ProcessingResponse {
+        override_message_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(wait.subsec_nanos()).unwrap_or(0),
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn response_headers(headers: Vec<HeaderValueOption>) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Response::ResponseHeaders(HeadersResponse {
