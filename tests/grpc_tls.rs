@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_rustls::TlsConnector;
-use tollgate_testkit::{metric, replace_file, Issued, Pki, Tollgate};
+use tollgate_testkit::{metric, replace_file, Issued, Pki, Signal, Tollgate};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 fn config(server: &Issued, client_ca: Option<&Path>) -> String {
@@ -176,6 +176,12 @@ async fn tls_answers_a_client_that_trusts_the_ca_and_refuses_plaintext() {
         metric(&m, "tollgate_tls_handshake_errors_total", &[]).unwrap_or(0.0) >= 1.0,
         "the plaintext client counts as a failed handshake:\n{m}"
     );
+
+    // SIGTERM drains and exits 0 with the TLS listener too.
+    let mut t = t;
+    t.signal(Signal::SIGTERM);
+    let status = t.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit: {status}\n{}", t.log_text());
 }
 
 #[tokio::test]
@@ -262,9 +268,11 @@ async fn certificates_are_reloaded_without_a_restart() {
         "the refused reload's log line",
         Duration::from_secs(10),
         || {
-            t.log_text()
-                .lines()
-                .any(|l| l.contains("tls reload refused") && l.contains(&name))
+            t.log_text().lines().any(|l| {
+                l.contains("tls reload refused")
+                    && l.contains(&format!("file={name}"))
+                    && l.contains("bad PEM")
+            })
         },
     );
     assert!(
