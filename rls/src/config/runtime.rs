@@ -38,7 +38,9 @@ pub struct ServerConfig {
 /// directory. Watched: a change is served to new connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerTlsFiles {
+    /// The chain the listener presents, leaf first.
     pub cert: PathBuf,
+    /// The leaf's private key; it must match `cert`.
     pub key: PathBuf,
     /// Clients must present a certificate signed by this CA (mTLS).
     pub client_ca: Option<PathBuf>,
@@ -52,6 +54,7 @@ pub struct StoreTlsFiles {
     /// This instance's client certificate and key, for a Redis that
     /// checks clients (`tls-auth-clients yes`, Redis's default).
     pub cert: Option<PathBuf>,
+    /// The private key of `cert`.
     pub key: Option<PathBuf>,
 }
 

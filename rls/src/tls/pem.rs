@@ -9,17 +9,22 @@ use std::path::{Path, PathBuf};
 /// Why a certificate, key or CA file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// Missing or unreadable (permissions): named so the operator can fix it.
     #[error("{}: cannot read: {source}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A file that parses but holds no certificate (a key given as cert).
     #[error("{}: no PEM certificate in it", path.display())]
     NoCertificate { path: PathBuf },
+    /// The key file does not parse; `reason` never quotes it.
     #[error("{}: not a PEM private key: {reason}", path.display())]
     Key { path: PathBuf, reason: String },
+    /// A certificate file that does not parse, e.g. cut short mid-write.
     #[error("{}: bad PEM: {reason}", path.display())]
     Pem { path: PathBuf, reason: String },
+    /// A CA file whose certificate cannot be a trust anchor.
     #[error("{}: not a usable CA certificate: {reason}", path.display())]
     Ca { path: PathBuf, reason: String },
     /// The files parse but do not form a usable identity (for example the
