@@ -13,7 +13,8 @@
 //!
 //! Beside it: `config` (TOML -> validated `Config`), `admin` (HTTP:
 //! health, readiness, metrics, config), `metrics` (Prometheus families),
-//! `server` (wires listeners and shutdown). Data flows one way:
+//! `server` (wires listeners and shutdown), `tls` (the gRPC listener's
+//! certificates, reloaded when their files change; PEM for `rediss://`). Data flows one way:
 //! service -> engine -> store; the engine never sees a proto type and a store
 //! never sees a rule.
 #![forbid(unsafe_code)]
@@ -28,3 +29,4 @@ pub mod rules;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;

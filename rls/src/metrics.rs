@@ -5,8 +5,8 @@
 //! deliberately; its descriptor values are capped per rule.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -37,6 +37,10 @@ pub struct Metrics {
     pub store_up: IntGauge,
     config_info: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    /// gRPC listener certificate reloads, by result (ok, refused).
+    pub tls_reloads: IntCounterVec,
+    /// TLS handshakes on the gRPC listener that failed or timed out.
+    pub tls_handshake_errors: IntCounter,
     llm_requests: IntCounterVec,
     llm_tokens: IntCounterVec,
     quota_tokens: IntCounterVec,
@@ -218,6 +222,23 @@ impl Metrics {
                 "Config loads, by result.",
                 &["result"],
             ),
+            tls_reloads: counter(
+                r,
+                "tollgate_tls_reloads_total",
+                "gRPC listener certificate reloads, by result (ok, refused).",
+                &["result"],
+            ),
+            tls_handshake_errors: {
+                let c = IntCounter::new(
+                    "tollgate_tls_handshake_errors_total",
+                    "TLS handshakes on the gRPC listener that failed or timed out.",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                registry
+                    .register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                c
+            },
             store_latency,
             store_up,
             config_info,

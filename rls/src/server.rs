@@ -8,6 +8,7 @@ use crate::engine::{Clock, Engine};
 use crate::metrics::Metrics;
 use crate::service::{ExtProcGrpc, RateLimitGrpc};
 use crate::store::{Breaker, Health, MemoryStore, RedisStore, Store};
+use crate::tls::ServerTls;
 use anyhow::Context;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
@@ -33,7 +34,14 @@ pub struct RunOptions {
 
 /// Runs tollgate until SIGINT or SIGTERM.
 pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    crate::tls::install_crypto_provider();
     let metrics = Arc::new(Metrics::default());
+    let grpc_tls = match config.server.tls.clone() {
+        Some(files) => Some(Arc::new(
+            ServerTls::load(files, metrics.clone()).context("server tls")?,
+        )),
+        None => None,
+    };
     let (store, memory, health) = build_store(&config)?;
     let engine =
         Engine::new(store.clone(), metrics.clone()).with_failure_policy(config.store.on_error, 1.0);
@@ -72,21 +80,29 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         .set_serving::<ExternalProcessorServer<ExtProcGrpc>>()
         .await;
 
-    let incoming = TcpListenerStream::new(grpc).map(|conn| {
-        // Envoy sends small messages on long-lived HTTP/2 connections;
-        // Nagle would add up to 40 ms to each.
-        if let Ok(c) = &conn {
-            let _ = c.set_nodelay(true);
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(app.clone())))
+        .add_service(ExternalProcessorServer::new(ExtProcGrpc::new(app.clone())));
+    let grpc_task = match grpc_tls {
+        Some(tls) => {
+            crate::tls::spawn_watcher(tls.clone());
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(tls.incoming(grpc), stopped(stop_rx.clone())),
+            )
         }
-        conn
-    });
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(app.clone())))
-            .add_service(ExternalProcessorServer::new(ExtProcGrpc::new(app.clone())))
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-    );
+        None => {
+            let incoming = TcpListenerStream::new(grpc).map(|conn| {
+                // Envoy sends small messages on long-lived HTTP/2
+                // connections; Nagle would add up to 40 ms to each.
+                if let Ok(c) = &conn {
+                    let _ = c.set_nodelay(true);
+                }
+                conn
+            });
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())))
+        }
+    };
     let admin_task = tokio::spawn(
         axum::serve(admin, admin::router(app.clone()))
             .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -124,9 +140,11 @@ fn build_store(config: &Config) -> anyhow::Result<Built> {
         StoreKind::Redis => {
             // Connects lazily: tollgate starts and answers by `on_error`
             // while Redis is down, and uses it as soon as it answers.
+            let certs = crate::tls::redis_certificates(&config.store.tls).context("store tls")?;
             let redis = RedisStore::new(
                 &config.store.urls,
                 config.store.cluster,
+                certs,
                 config.store.connect_timeout,
                 config.store.timeout,
             )

@@ -5,7 +5,8 @@
 //!   `target/tollgate-test/<name>-<pid>-<n>/`, bounded waits that print the
 //!   last 50 log lines when they fail.
 //! * [`RedisServer`], [`RedisCluster`]: `redis-server` without persistence;
-//!   kill and restart on the same ports for failure tests.
+//!   kill and restart on the same ports for failure tests; a server behind
+//!   a password or TLS-only.
 //! * [`Envoy`]: a bootstrap from `envoy/` with `{{PLACEHOLDER}}`s filled;
 //!   ports read back from Envoy's admin.
 //! * [`Tollgate`]: the real binary on a config given as text; addresses
@@ -13,6 +14,8 @@
 //! * [`Nginx`]: an `http {}` block in a private prefix.
 //! * [`metric`]: one sample from a `/metrics` scrape; [`avoid_window_edge`]
 //!   keeps a burst inside one fixed window.
+//! * [`Pki`]: a private CA and certificates it signs, as PEM files, made
+//!   at run time; [`replace_file`] swaps a file by atomic rename.
 //! * [`MockLlm`]: an in-process OpenAI/Anthropic upstream (JSON and SSE),
 //!   steered by `x-mock-*` request headers; also the `mock-llm` binary.
 //!
@@ -24,6 +27,7 @@
 mod envoy;
 mod mock_llm;
 mod nginx;
+mod pki;
 pub mod process;
 mod prom;
 mod redis;
@@ -32,6 +36,7 @@ mod tollgate;
 pub use envoy::{envoy_bin, http_get, render_template, Envoy};
 pub use mock_llm::{MockLlm, Received};
 pub use nginx::Nginx;
+pub use pki::{replace_file, Issued, Pki};
 pub use process::{find_tool, free_port, repo_root, scratch_dir, wait_until, Signal};
 pub use prom::{avoid_window_edge, metric};
 pub use redis::{RedisCluster, RedisServer};

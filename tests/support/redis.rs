@@ -1,7 +1,8 @@
 //! Real `redis-server` processes: one server, or a Redis Cluster of
 //! masters, without persistence (a restart comes back empty, as a crashed
 //! cache would). Readiness is checked over raw RESP, without a client
-//! library; `cli` runs the real `redis-cli` for anything else.
+//! library (or with `redis-cli` for a server behind a password or TLS);
+//! `cli` runs the real `redis-cli` for anything else.
 
 use crate::process::{find_tool, free_port, scratch_dir, Proc};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,24 +21,84 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     generation: u32,
+    access: Access,
     proc: Proc,
+}
+
+/// How a server is reached beyond a plain port: its extra flags, and the
+/// `redis-cli` flags that go with them.
+#[derive(Clone, Default)]
+struct Access {
+    server_args: Vec<String>,
+    cli_args: Vec<String>,
+    tls: bool,
+}
+
+impl Access {
+    fn plain(&self) -> bool {
+        self.server_args.is_empty() && !self.tls
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
 }
 
 impl RedisServer {
     /// Starts `redis-server --port N --save '' --appendonly no` and waits
     /// until it answers PING (10 s at most).
     pub fn start() -> RedisServer {
+        RedisServer::start_with(Access::default())
+    }
+
+    /// A server that needs a password (`--requirepass`, the `default`
+    /// user's); `cli` sends it. Add ACL users with
+    /// `cli(&["ACL", "SETUSER", ...])`.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        RedisServer::start_with(Access {
+            server_args: strings(&["--requirepass", password]),
+            cli_args: strings(&["-a", password, "--no-auth-warning"]),
+            tls: false,
+        })
+    }
+
+    /// A TLS-only server (`--port 0 --tls-port N`) with `cert`/`key`,
+    /// checking clients against `ca` (Redis's default
+    /// `tls-auth-clients yes`: a client needs a certificate from `ca`).
+    /// `cli` connects with `--tls`, trusting `ca` and presenting `cert`.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> RedisServer {
+        let (ca, cert, key) = (
+            ca.display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        );
+        RedisServer::start_with(Access {
+            server_args: strings(&[
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+            ]),
+            cli_args: strings(&["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key]),
+            tls: true,
+        })
+    }
+
+    fn start_with(access: Access) -> RedisServer {
         let dir = scratch_dir("redis");
         // The port is chosen before redis binds it; if another process took
         // it meanwhile, try another one.
         for attempt in 0..3 {
             let port = free_port();
-            let mut proc = spawn_server(&dir, port, None, 0);
-            if wait_ping(&mut proc, port, attempt == 2) {
+            let mut proc = spawn_server(&dir, port, None, 0, &access);
+            if wait_ping(&mut proc, port, &access, attempt == 2) {
                 return RedisServer {
                     port,
                     dir,
                     generation: 0,
+                    access,
                     proc,
                 };
             }
@@ -49,9 +110,11 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server), without
+    /// credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.access.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL: the server vanishes as in a crash; clients see refused
@@ -65,14 +128,17 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.proc.kill();
         self.generation += 1;
-        self.proc = spawn_server(&self.dir, self.port, None, self.generation);
-        wait_ping(&mut self.proc, self.port, true);
+        self.proc = spawn_server(&self.dir, self.port, None, self.generation, &self.access);
+        wait_ping(&mut self.proc, self.port, &self.access, true);
     }
 
-    /// Runs `redis-cli -p PORT ARGS...` and returns its stdout, trimmed.
-    /// Panics if redis-cli fails (an error reply is stdout, not a failure).
+    /// Runs `redis-cli -p PORT ARGS...` (with the password or TLS flags
+    /// the server needs) and returns its stdout, trimmed. Panics if
+    /// redis-cli fails (an error reply is stdout, not a failure).
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        let mut all: Vec<&str> = self.access.cli_args.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        redis_cli(self.port, &all)
     }
 
     pub fn log_text(&self) -> String {
@@ -111,8 +177,14 @@ impl RedisCluster {
             })
             .collect();
         for node in &mut nodes {
-            let mut proc = spawn_server(&node.dir, node.port, Some(node.bus_port), node.generation);
-            wait_ping(&mut proc, node.port, true);
+            let mut proc = spawn_server(
+                &node.dir,
+                node.port,
+                Some(node.bus_port),
+                node.generation,
+                &Access::default(),
+            );
+            wait_ping(&mut proc, node.port, &Access::default(), true);
             node.proc = Some(proc);
         }
         let cluster = RedisCluster { nodes };
@@ -172,8 +244,14 @@ impl RedisCluster {
             proc.kill();
         }
         node.generation += 1;
-        let mut proc = spawn_server(&node.dir, node.port, Some(node.bus_port), node.generation);
-        wait_ping(&mut proc, node.port, true);
+        let mut proc = spawn_server(
+            &node.dir,
+            node.port,
+            Some(node.bus_port),
+            node.generation,
+            &Access::default(),
+        );
+        wait_ping(&mut proc, node.port, &Access::default(), true);
         node.proc = Some(proc);
         self.wait_ok();
     }
@@ -222,10 +300,22 @@ impl RedisCluster {
     }
 }
 
-fn spawn_server(dir: &Path, port: u16, bus_port: Option<u16>, generation: u32) -> Proc {
+fn spawn_server(
+    dir: &Path,
+    port: u16,
+    bus_port: Option<u16>,
+    generation: u32,
+    access: &Access,
+) -> Proc {
     let mut cmd = Command::new(find_tool("redis-server", "REDIS_SERVER"));
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+    if access.tls {
+        cmd.args(["--port", "0", "--tls-port", &port.to_string()]);
+    } else {
+        cmd.args(["--port", &port.to_string()]);
+    }
+    cmd.args(["--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(&access.server_args)
         .current_dir(dir);
     if let Some(bus) = bus_port {
         cmd.args([
@@ -246,11 +336,18 @@ fn spawn_server(dir: &Path, port: u16, bus_port: Option<u16>, generation: u32) -
 
 /// Waits until the server answers PING. `false` if it exited because its
 /// port was taken and `must` is false (the caller tries another port).
-fn wait_ping(proc: &mut Proc, port: u16, must: bool) -> bool {
+fn wait_ping(proc: &mut Proc, port: u16, access: &Access, must: bool) -> bool {
+    let pong = || {
+        if access.plain() {
+            command(port, &["PING"]).as_deref() == Some("PONG")
+        } else {
+            cli_pong(port, &access.cli_args)
+        }
+    };
     if !must {
         let start = Instant::now();
         while start.elapsed() < START_TIMEOUT {
-            if command(port, &["PING"]).as_deref() == Some("PONG") {
+            if pong() {
                 return true;
             }
             if proc.try_wait().is_some() && proc.log_text().contains("in use") {
@@ -259,10 +356,21 @@ fn wait_ping(proc: &mut Proc, port: u16, must: bool) -> bool {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    proc.wait_until(START_TIMEOUT, || {
-        command(port, &["PING"]).as_deref() == Some("PONG")
-    });
+    proc.wait_until(START_TIMEOUT, pong);
     true
+}
+
+/// Whether `redis-cli ACCESS... PING` answers PONG (for servers that raw
+/// RESP cannot reach: behind a password or TLS).
+fn cli_pong(port: u16, access: &[String]) -> bool {
+    let out = run_bounded(
+        Command::new(find_tool("redis-cli", "REDIS_CLI"))
+            .args(["-p", &port.to_string()])
+            .args(access)
+            .arg("PING"),
+        Duration::from_secs(5),
+    );
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "PONG"
 }
 
 /// Sends one command over RESP and returns a simple or bulk string reply

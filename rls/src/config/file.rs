@@ -28,6 +28,9 @@ pub(crate) struct ServerView {
     pub admin_listen: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    pub tls_client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -39,6 +42,9 @@ pub(crate) struct StoreView {
     pub connect_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub on_error: Option<Spanned<String>>,
+    pub tls_ca: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

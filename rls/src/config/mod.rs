@@ -11,7 +11,11 @@ mod load;
 mod runtime;
 mod validate;
 mod validate_llm;
+mod validate_tls;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, parse_str};
-pub use runtime::{Config, FailurePolicy, LogFormat, ServerConfig, StoreConfig, StoreKind};
+pub use runtime::{
+    Config, FailurePolicy, LogFormat, ServerConfig, ServerTlsFiles, StoreConfig, StoreKind,
+    StoreTlsFiles,
+};

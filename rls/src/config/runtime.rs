@@ -30,6 +30,32 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
+    /// TLS (and mTLS) on the gRPC listener; plaintext when `None`.
+    pub tls: Option<ServerTlsFiles>,
+}
+
+/// PEM files for the gRPC listener, resolved against the config file's
+/// directory. Watched: a change is served to new connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerTlsFiles {
+    /// The chain the listener presents, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key; it must match `cert`.
+    pub key: PathBuf,
+    /// Clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// PEM files for `rediss://`; all optional. Read once at startup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreTlsFiles {
+    /// The CA that signed Redis's certificate, instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// This instance's client certificate and key, for a Redis that
+    /// checks clients (`tls-auth-clients yes`, Redis's default).
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +65,7 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             log_format: LogFormat::Human,
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -66,6 +93,7 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
     pub on_error: FailurePolicy,
+    pub tls: StoreTlsFiles,
 }
 
 impl Default for StoreConfig {
@@ -77,6 +105,7 @@ impl Default for StoreConfig {
             connect_timeout: Duration::from_millis(500),
             timeout: Duration::from_millis(50),
             on_error: FailurePolicy::FailClosed,
+            tls: StoreTlsFiles::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 use super::error::Source;
 use super::file::{FileView, LimitView, RuleView, ServerView, StoreView};
 use super::validate_llm;
+use super::validate_tls;
 use super::{
     Config, ConfigError, ConfigErrors, FailurePolicy, LogFormat, ServerConfig, StoreConfig,
     StoreKind,
@@ -151,6 +152,7 @@ fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> 
             duration,
         );
     }
+    c.tls = validate_tls::server(src, v.tls_cert, v.tls_key, v.tls_client_ca, errors);
     c
 }
 
@@ -175,7 +177,10 @@ fn store_config(src: &Source, v: StoreView, errors: &mut Vec<ConfigError>) -> St
                 errors.push(src.error(
                     s.span().start,
                     "store.url",
-                    format!("`{u}` must start with redis:// or rediss://"),
+                    format!(
+                        "`{}` must start with redis:// or rediss://",
+                        validate_tls::redacted_url(u)
+                    ),
                 ));
             }
         }
@@ -207,6 +212,7 @@ fn store_config(src: &Source, v: StoreView, errors: &mut Vec<ConfigError>) -> St
             failure_policy,
         );
     }
+    c.tls = validate_tls::store(src, v.tls_ca, v.tls_cert, v.tls_key, &c.urls, errors);
     if c.kind == StoreKind::Redis && c.urls.is_empty() {
         errors.push(src.error(kind_at, "store.url", "kind = \"redis\" needs a url"));
     }
@@ -472,6 +478,22 @@ mod tests {
         assert_eq!(c.store.kind, StoreKind::Memory);
         assert!(c.rules.rules.is_empty());
         assert_eq!(c.version.len(), 12);
+    }
+
+    #[test]
+    fn the_admin_listener_binds_loopback_unless_told_otherwise() {
+        // /config, /quotas and /metrics are for operators: never exposed
+        // by default, even when [server] sets only the gRPC listener.
+        for text in ["", "[server]\ngrpc_listen = \"0.0.0.0:8081\"\n"] {
+            let c = parse_str("t.toml", text).unwrap();
+            assert!(c.server.admin_listen.ip().is_loopback(), "{text:?}");
+            assert_eq!(c.server.admin_listen.port(), 9090);
+        }
+        let c = parse_str("t.toml", "[server]\nadmin_listen = \"0.0.0.0:9090\"\n").unwrap();
+        assert!(
+            !c.server.admin_listen.ip().is_loopback(),
+            "an explicit choice is kept"
+        );
     }
 
     #[test]

@@ -5,6 +5,10 @@ pub enum StoreError {
     Timeout(std::time::Duration),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Redis refused the credentials of `store.url` (or has none): transient
+    /// as far as the breaker goes, since an operator fixes it on either side.
+    #[error("store refused our credentials (auth failed): {0}")]
+    Auth(String),
     #[error("store answered something unexpected: {0}")]
     Protocol(String),
 }
@@ -21,6 +25,7 @@ impl StoreError {
         match self {
             StoreError::Timeout(_) => "timeout",
             StoreError::Unavailable(_) => "unavailable",
+            StoreError::Auth(_) => "auth",
             StoreError::Protocol(_) => "protocol",
         }
     }

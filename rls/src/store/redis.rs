@@ -124,6 +124,23 @@ fn push_spec(
         .arg(anchor);
 }
 
+/// Whether Redis refused our credentials: a wrong password or ACL user
+/// (`AUTH` failed), none given (`NOAUTH`), or a user without the rights
+/// for `EVALSHA` (`NOPERM`). The messages never carry the password.
+fn is_auth(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
+/// A failure to connect or to ping, told apart from refused credentials.
+fn unavailable(e: redis::RedisError) -> StoreError {
+    if is_auth(&e) {
+        StoreError::Auth(e.to_string())
+    } else {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
 /// The hash tag of a key (`{...}`), which decides its cluster slot.
 fn tag(key: &str) -> &str {
     key.find('{')
@@ -138,15 +155,32 @@ fn tag(key: &str) -> &str {
 impl RedisStore {
     /// Prepares the store; the connection is made on first use. Several
     /// URLs (or `cluster`) mean a Redis Cluster; the URLs are seed nodes.
+    /// `tls` (a private CA, a client certificate) applies to `rediss://`.
     pub fn new(
         urls: &[String],
         cluster: bool,
+        tls: Option<redis::TlsCertificates>,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
         let bad = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        // The freed-capacity subscription talks to the same nodes, the same way.
+        let subscribers = urls
+            .iter()
+            .filter_map(|u| {
+                match &tls {
+                    Some(certs) => redis::Client::build_with_tls(u.as_str(), certs.clone()),
+                    None => redis::Client::open(u.as_str()),
+                }
+                .ok()
+            })
+            .collect();
         let backend = if cluster || urls.len() > 1 {
-            let client = ClusterClient::builder(urls.iter().map(String::as_str))
+            let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
+            if let Some(certs) = tls {
+                builder = builder.certs(certs);
+            }
+            let client = builder
                 .connection_timeout(connect_timeout)
                 .response_timeout(timeout)
                 .retries(1)
@@ -158,7 +192,11 @@ impl RedisStore {
                 .first()
                 .ok_or_else(|| StoreError::Unavailable("no url".into()))?;
             Backend::Single {
-                client: redis::Client::open(url.as_str()).map_err(bad)?,
+                client: match tls {
+                    Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(bad)?,
                 config: ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(timeout))
@@ -166,10 +204,6 @@ impl RedisStore {
                     .set_max_delay(Duration::from_millis(500)),
             }
         };
-        let subscribers = urls
-            .iter()
-            .filter_map(|u| redis::Client::open(u.as_str()).ok())
-            .collect();
         Ok(RedisStore {
             subscribers,
             instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -195,7 +229,7 @@ impl RedisStore {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let store = RedisStore::new(&[url.to_string()], false, connect_timeout, timeout)?;
+        let store = RedisStore::new(&[url.to_string()], false, None, connect_timeout, timeout)?;
         store.connection().await?;
         Ok(store)
     }
@@ -206,7 +240,7 @@ impl RedisStore {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let store = RedisStore::new(urls, true, connect_timeout, timeout)?;
+        let store = RedisStore::new(urls, true, None, connect_timeout, timeout)?;
         store.connection().await?;
         Ok(store)
     }
@@ -237,7 +271,7 @@ impl RedisStore {
         let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| StoreError::Timeout(self.connect_timeout))?
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         self.conn.store(Some(Arc::new(conn.clone())));
         Ok(conn)
     }
@@ -251,7 +285,9 @@ impl RedisStore {
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?;
         reply.map_err(|e| {
-            if e.is_timeout() {
+            if is_auth(&e) {
+                StoreError::Auth(e.to_string())
+            } else if e.is_timeout() {
                 StoreError::Timeout(self.timeout)
             } else if e.is_io_error()
                 || e.is_connection_dropped()
@@ -564,7 +600,7 @@ impl Store for RedisStore {
         .await
         .map_err(|_| StoreError::Timeout(self.timeout))?
         .map(|_| ())
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+        .map_err(unavailable)
     }
 
     async fn announce_freed(&self, keys: &[String]) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 use tollgate_testkit::{
-    find_tool, render_template, repo_root, scratch_dir, Envoy, MockLlm, Nginx, RedisCluster,
+    find_tool, render_template, repo_root, scratch_dir, Envoy, MockLlm, Nginx, Pki, RedisCluster,
     RedisServer, Signal, Tollgate,
 };
 
@@ -57,8 +57,9 @@ fn redis_cluster_of_three_masters() {
 }
 
 /// Every config in envoy/ passes `envoy --mode validate`, with its port
-/// placeholders (`*_PORT`, `*_PORT_<n>`) filled with example ports and the
-/// others left to the harness defaults.
+/// placeholders (`*_PORT`, `*_PORT_<n>`) filled with example ports,
+/// `*_FILE` with certificates made for the test, and the others left to the
+/// harness defaults.
 #[test]
 fn envoy_configs_validate() {
     let dir = repo_root().join("envoy");
@@ -69,6 +70,8 @@ fn envoy_configs_validate() {
         .collect();
     names.sort();
     assert!(names.iter().any(|n| n == "ratelimit.yaml"), "{names:?}");
+    let pki = Pki::new("envoy-validate");
+    let issued = pki.issue("envoy", 1);
     for name in names {
         let text = std::fs::read_to_string(dir.join(&name)).expect("read template");
         let mut vars: Vec<(String, String)> = Vec::new();
@@ -79,6 +82,16 @@ fn envoy_configs_validate() {
             }
             if key.contains("PORT") {
                 vars.push((key, (20000 + i).to_string()));
+            } else if let Some(file) = key.strip_suffix("_FILE") {
+                // Envoy reads certificate files even when it only validates.
+                let path = if file.ends_with("CA") {
+                    pki.ca()
+                } else if file.ends_with("KEY") {
+                    issued.key.clone()
+                } else {
+                    issued.cert.clone()
+                };
+                vars.push((key, path.display().to_string()));
             } else if key == "ESTIMATE" {
                 vars.push((key, "1000".to_string()));
             }
