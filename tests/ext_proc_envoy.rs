@@ -20,6 +20,9 @@ admin_listen = "127.0.0.1:0"
 
 [llm]
 estimator = "bytes"
+# These tests are about budgets: a denial answers at once (waiting has its
+# own tests in queue_envoy.rs).
+max_wait = "0s"
 
 [[model]]
 name = "gpt-4o"

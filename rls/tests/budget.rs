@@ -100,7 +100,7 @@ async fn refunds_readmit_what_the_estimate_held(h: &Harness) {
         } => {
             assert_eq!(quota, "acme");
             assert!(
-                line.contains(":tmw:"),
+                line.contains(":tminutew:"),
                 "the tokens-per-minute counter: {line}"
             );
             assert!(!on_release);

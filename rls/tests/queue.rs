@@ -13,7 +13,7 @@ use tollgate::engine::{Clock, Engine, Reservation, Settlement, WaitFor, Waited};
 use tollgate::metrics::Metrics;
 use tollgate::rules::{Identity, LlmConfig, Tokens};
 use tollgate::store::{MemoryStore, RedisStore};
-use tollgate_testkit::RedisServer;
+use tollgate_testkit::{RedisCluster, RedisServer};
 
 /// 10 s into a minute (epoch-aligned windows).
 const START_MS: u64 = 1_800_000_000_000 + 10_000;
@@ -431,30 +431,13 @@ async fn an_idle_flexible_class_lends_its_share_and_a_fixed_one_never_does() {
     admitted(h.ask("t", Some("batch"), 1, &never).await);
 }
 
-#[tokio::test]
-async fn capacity_freed_on_another_instance_wakes_a_waiter_here() {
-    // Two instances on one real Redis: the settle on one publishes, the
-    // waiter on the other asks at once instead of at its 1 s slot retry.
-    let server = RedisServer::start();
-    let connect = || async {
-        Arc::new(
-            RedisStore::connect(
-                &server.url(),
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-            )
-            .await
-            .expect("redis"),
-        )
-    };
-    let config = parse_str("queue.toml", CONFIG).unwrap();
-    let llm = config.llm;
-    let a = Engine::new(connect().await, Arc::new(Metrics::default()));
-    let b = Engine::new(connect().await, Arc::new(Metrics::default()));
+/// Two instances on one shared store: the settle on `a` publishes, the
+/// waiter on `b` asks at once instead of at its 1 s slot retry.
+async fn freed_elsewhere_wakes_here(a: Engine, b: Engine) {
+    let llm = parse_str("queue.toml", CONFIG).unwrap().llm;
     b.spawn_freed_listener();
     // Let the subscription start.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let id = Harness::id("slots", None);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let w = |engine: Engine, llm: Arc<LlmConfig>| async move {
         let id = Harness::id("slots", None);
         engine
@@ -491,5 +474,42 @@ async fn capacity_freed_on_another_instance_wakes_a_waiter_here() {
         .settle(&r, Settlement::Usage(Tokens::default()))
         .await
         .unwrap());
-    let _ = id;
+}
+
+fn engine(store: Arc<dyn tollgate::store::Store>) -> Engine {
+    Engine::new(store, Arc::new(Metrics::default()))
+}
+
+#[tokio::test]
+async fn capacity_freed_on_another_instance_wakes_a_waiter_here() {
+    let server = RedisServer::start();
+    let connect = || async {
+        Arc::new(
+            RedisStore::connect(
+                &server.url(),
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("redis"),
+        )
+    };
+    freed_elsewhere_wakes_here(engine(connect().await), engine(connect().await)).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_too() {
+    let cluster = RedisCluster::start(3);
+    let connect = || async {
+        Arc::new(
+            RedisStore::connect_cluster(
+                &cluster.urls(),
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("redis cluster"),
+        )
+    };
+    freed_elsewhere_wakes_here(engine(connect().await), engine(connect().await)).await;
 }

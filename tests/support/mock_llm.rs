@@ -41,6 +41,8 @@ pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the mock received it (after its body, before answering).
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -221,6 +223,7 @@ async fn handle(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(Received {
+            at: std::time::Instant::now(),
             method: method.to_string(),
             path: path.clone(),
             headers: headers

@@ -129,9 +129,6 @@ impl Engine {
                         if now >= until || hopeless || line.is_empty() {
                             return self.gave_up(&ticket, quota, retry_after, headers, started);
                         }
-                        if ticket.line().is_none() {
-                            on_wait();
-                        }
                         ticket.join(&line);
                         timer = (now + retry_after.max(MIN_RETRY)).min(until);
                         last = Some((quota, retry_after, headers));
@@ -150,6 +147,7 @@ impl Engine {
             }
             if waiting.is_none() {
                 waiting = Some(WaitingGuard::new(self, &w));
+                on_wait();
             }
             tokio::select! {
                 _ = ticket.wait(timer) => {}

@@ -1,0 +1,303 @@
+//! Waiting, fallback and disconnects through a real Envoy with ext_proc in
+//! front of the mock LLM: requests that find no capacity wait in line (past
+//! Envoy's 2 s message timeout, which tollgate extends), are admitted in
+//! arrival order as capacity frees, fall back to another model with the body
+//! rewritten, and leave the line without a trace when their client goes.
+
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tollgate_testkit::{avoid_window_edge, Envoy, MockLlm, Tollgate};
+
+const CONFIG: &str = r#"
+[server]
+grpc_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[llm]
+estimator = "bytes"
+max_wait = "0s"
+
+[[model]]
+name = "gpt-4o"
+context_window = 4000
+default_max_output = 100
+fallback = ["gpt-4o-mini"]
+
+[[model]]
+name = "gpt-4o-mini"
+context_window = 4000
+default_max_output = 100
+
+[[quota]]
+name = "serial"
+match = { tenant = "serial*" }
+max_concurrent = 1
+max_wait = "10s"
+
+[[quota]]
+name = "impatient"
+match = { tenant = "impatient" }
+max_concurrent = 1
+
+[[quota]]
+name = "big"
+match = { tenant = "fb", model = "gpt-4o" }
+requests_per_minute = 1
+max_wait = "1s"
+
+[[quota]]
+name = "small"
+match = { tenant = "fb", model = "gpt-4o-mini" }
+requests_per_minute = 1
+max_wait = "1s"
+"#;
+
+struct Stack {
+    tollgate: Tollgate,
+    envoy: Envoy,
+    upstream: MockLlm,
+    url: String,
+}
+
+fn stack() -> Stack {
+    let upstream = MockLlm::start();
+    let tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), CONFIG);
+    let envoy = Envoy::start(
+        "ext_proc.yaml",
+        &[
+            ("UPSTREAM_PORT", upstream.port().to_string()),
+            ("TOLLGATE_PORT", tollgate.grpc_port().to_string()),
+            ("TOLLGATE_PORT_2", tollgate.grpc_port().to_string()),
+        ],
+    );
+    let url = envoy.url("/v1/chat/completions");
+    Stack {
+        tollgate,
+        envoy,
+        upstream,
+        url,
+    }
+}
+
+/// A chat request from `tenant`, marked `name` in its message, the
+/// upstream answering after `latency_ms`.
+fn chat(
+    client: &reqwest::Client,
+    url: &str,
+    tenant: &str,
+    name: &str,
+    latency_ms: u64,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("x-tenant", tenant)
+        .header("x-mock-latency-ms", latency_ms.to_string())
+        .json(&json!({"model": "gpt-4o", "max_tokens": 10,
+                      "messages": [{"role": "user", "content": name}]}))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+}
+
+/// The marker of each upstream request and when it arrived.
+fn arrivals(upstream: &MockLlm) -> Vec<(String, Instant)> {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .map(|r| {
+            let name = r.json()["messages"][0]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (name, r.at)
+        })
+        .collect()
+}
+
+fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn queued_requests_go_upstream_in_arrival_order_each_woken_by_the_last_completion() {
+    let s = stack();
+    let c = client();
+    // A holds the one slot for 2.5 s: longer than Envoy's 2 s message
+    // timeout, so the waiters' answers only arrive because tollgate asked
+    // Envoy for more time.
+    let first = tokio::spawn(chat(&c, &s.url, "serial", "A", 2_500).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut waiters = Vec::new();
+    for name in ["B", "C", "D"] {
+        waiters.push(tokio::spawn(chat(&c, &s.url, "serial", name, 300).send()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = first.await.unwrap().expect("A");
+    assert_eq!(a.status(), 200, "{}", s.tollgate.log_text());
+    for w in waiters {
+        let r = w.await.unwrap().expect("waiter");
+        assert_eq!(
+            r.status(),
+            200,
+            "{}\n{}",
+            s.tollgate.log_text(),
+            s.envoy
+                .stats()
+                .lines()
+                .filter(|l| l.contains("ext_proc"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let waited: u64 = header(&r, "x-tollgate-waited-ms")
+            .expect("a waiter says it waited")
+            .parse()
+            .unwrap();
+        assert!(waited >= 1_500, "waited {waited} ms");
+    }
+    let seen = arrivals(&s.upstream);
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["A", "B", "C", "D"], "arrival order");
+    // Each went upstream within 100 ms of the one before completing.
+    for (pair, hold_ms) in seen.windows(2).zip([2_500u64, 300, 300]) {
+        let gap = pair[1].1 - pair[0].1;
+        let after_completion = gap.saturating_sub(Duration::from_millis(hold_ms));
+        assert!(
+            after_completion < Duration::from_millis(100),
+            "{} went upstream {after_completion:?} after {} completed",
+            pair[1].0,
+            pair[0].0
+        );
+    }
+    let m = s.tollgate.metrics();
+    assert_eq!(metric(&m, "tollgate_llm_waiting "), 0.0);
+    assert_eq!(
+        metric(&m, "tollgate_llm_wait_seconds_count{outcome=\"admitted\"}"),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn zero_max_wait_answers_429_at_once() {
+    let s = stack();
+    let c = client();
+    let held = tokio::spawn(chat(&c, &s.url, "impatient", "A", 1_000).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let r = chat(&c, &s.url, "impatient", "B", 0).send().await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(r.status(), 429);
+    assert!(header(&r, "retry-after").is_some());
+    assert!(took < Duration::from_millis(100), "429 after {took:?}");
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_exhausted_model_falls_back_with_the_body_rewritten_then_429_after_both_waits() {
+    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(10));
+    let s = stack();
+    let c = client();
+    let r = chat(&c, &s.url, "fb", "one", 0).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-tollgate-model").as_deref(), Some("gpt-4o"));
+    assert!(header(&r, "x-tollgate-fallback-from").is_none());
+
+    // gpt-4o's one request a minute is spent: after its 1 s wait the
+    // request goes to gpt-4o-mini.
+    let asked = Instant::now();
+    let r = chat(&c, &s.url, "fb", "two", 0).send().await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(r.status(), 200, "{}", s.tollgate.log_text());
+    assert!(
+        took >= Duration::from_secs(1),
+        "waited for gpt-4o first: {took:?}"
+    );
+    assert_eq!(
+        header(&r, "x-tollgate-model").as_deref(),
+        Some("gpt-4o-mini")
+    );
+    assert_eq!(
+        header(&r, "x-tollgate-fallback-from").as_deref(),
+        Some("gpt-4o")
+    );
+    let last = s.upstream.requests().pop().expect("upstream saw it");
+    assert_eq!(last.json()["model"], "gpt-4o-mini", "the body is rewritten");
+    assert_eq!(last.header("x-tollgate-model"), Some("gpt-4o-mini"));
+    assert_eq!(
+        last.header("content-length").map(str::to_string),
+        Some(last.body.len().to_string())
+    );
+
+    // Both spent: 429 after both waits (1 s + 1 s).
+    let asked = Instant::now();
+    let r = chat(&c, &s.url, "fb", "three", 0).send().await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(r.status(), 429);
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(3_500),
+        "429 after the sum of the waits: {took:?}"
+    );
+    assert_eq!(s.upstream.request_count(), 2);
+    let m = s.tollgate.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "tollgate_llm_fallbacks_total{from=\"gpt-4o\",to=\"gpt-4o-mini\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_queued_loses_its_place_and_leaks_nothing() {
+    let s = stack();
+    let c = client();
+    let first = tokio::spawn(chat(&c, &s.url, "serial-2", "A", 1_500).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // B gives up after 300 ms in line.
+    let b = chat(&c, &s.url, "serial-2", "B", 0)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(b.is_err(), "B's client gave up");
+    let third = tokio::spawn(chat(&c, &s.url, "serial-2", "C", 0).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = s.tollgate.metrics();
+    assert_eq!(metric(&m, "tollgate_llm_waiting "), 1.0, "only C waits");
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(third.await.unwrap().unwrap().status(), 200);
+    let names: Vec<String> = arrivals(&s.upstream).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["A", "C"], "B never went upstream");
+    // The slot is free: the next request goes at once.
+    let asked = Instant::now();
+    let r = chat(&c, &s.url, "serial-2", "D", 0).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        header(&r, "x-tollgate-waited-ms").is_none(),
+        "{:?}",
+        asked.elapsed()
+    );
+    let m = s.tollgate.metrics();
+    assert_eq!(metric(&m, "tollgate_llm_waiting "), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "tollgate_llm_requests_total{model=\"gpt-4o\",outcome=\"cancelled\"}"
+        ),
+        1.0
+    );
+}
