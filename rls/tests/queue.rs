@@ -513,3 +513,40 @@ async fn on_a_redis_cluster_too() {
     };
     freed_elsewhere_wakes_here(engine(connect().await), engine(connect().await)).await;
 }
+
+#[tokio::test]
+async fn nothing_waits_on_a_store_that_is_down() {
+    // A port nobody listens on: every store call fails, `fail_closed` (the
+    // default) denies, and the request is answered at once, not queued for
+    // its 30 s `max_wait`.
+    let dead = format!("redis://127.0.0.1:{}", tollgate_testkit::free_port());
+    let store = RedisStore::new(
+        &[dead],
+        false,
+        None,
+        Duration::from_millis(100),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let e = engine(Arc::new(store));
+    let llm = parse_str("queue.toml", CONFIG).unwrap().llm;
+    let id = Harness::id("slots", None);
+    let asked = std::time::Instant::now();
+    let w = e
+        .reserve_or_wait(
+            WaitFor {
+                llm: &llm,
+                id: &id,
+                class: None,
+                estimate: Tokens::default(),
+                ttl: Duration::from_secs(600),
+                latest: Instant::now() + Duration::from_secs(120),
+            },
+            &CancellationToken::new(),
+            || panic!("must not wait"),
+        )
+        .await;
+    assert!(matches!(w, Waited::Denied { .. }), "{w:?}");
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert_eq!(e.lines().waiting(), 0);
+}

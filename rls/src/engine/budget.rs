@@ -154,6 +154,8 @@ pub enum Reserved {
         retry_after: Duration,
         headers: BudgetView,
         /// The counter that said no (and longest): where to wait for it.
+        /// Empty when the store failed and `on_error` said no: nothing to
+        /// wait for.
         line: String,
         /// It is a concurrency limit: it frees when a request ends, at no
         /// time the store can tell.
@@ -268,12 +270,14 @@ impl Engine {
             record_key: reservation.record_key.clone(),
             record: serde_json::to_vec(&reservation).unwrap_or_default(),
         };
+        let mut store_failed = false;
         let outcome = match self
             .timed("reserve", self.store().take(&plan.hits, Some(&hold), now))
             .await
         {
             Ok(o) => o,
             Err(e) => {
+                store_failed = true;
                 let policies: Vec<_> = plan
                     .owners
                     .iter()
@@ -301,7 +305,7 @@ impl Engine {
             .zip(&outcome.hits)
             .filter(|((h, _), st)| st.over && h.enforce)
             .max_by_key(|(_, st)| st.retry_after_ms);
-        let (quota, retry, line, on_release) = match binding {
+        let (quota, retry, mut line, on_release) = match binding {
             Some(((h, p), st)) => (
                 p.quota.name.clone(),
                 st.retry_after_ms,
@@ -310,6 +314,11 @@ impl Engine {
             ),
             None => Default::default(),
         };
+        if store_failed {
+            // Denied by `on_error` while the store is down: there is no
+            // line to wait in, and no request waits on a dead store.
+            line.clear();
+        }
         Reserved::Denied {
             quota,
             retry_after: Duration::from_millis(retry),
