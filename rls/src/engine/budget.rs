@@ -384,12 +384,9 @@ impl Engine {
                 };
                 let key = format!("tg:{{{}}}:{tag}:{values}", q.id);
                 let cost = cost.min(crate::rules::MAX_COST);
-                if let (Some(c), Some(r)) = (split, ratio) {
-                    let (counter, kind, cap) = class_share(counter, kind, r);
-                    let mut class_key = format!("{key}:class=");
-                    super::keys::escape_into(&mut class_key, &c.name);
+                let mut push = |key: String, counter, kind, class_cap| {
                     plan.hits.push(Hit {
-                        key: class_key,
+                        key,
                         counter,
                         cost,
                         enforce: true,
@@ -397,22 +394,17 @@ impl Engine {
                     plan.owners.push(Part {
                         quota: q,
                         kind,
-                        class_cap: Some(cap),
+                        class_cap,
                         budget: budget.clone(),
                     });
+                };
+                if let (Some(c), Some(r)) = (split, ratio) {
+                    let (counter, kind, cap) = class_share(counter, kind, r);
+                    let mut class_key = format!("{key}:class=");
+                    super::keys::escape_into(&mut class_key, &c.name);
+                    push(class_key, counter, kind, Some(cap));
                 }
-                plan.hits.push(Hit {
-                    key,
-                    counter,
-                    cost,
-                    enforce: true,
-                });
-                plan.owners.push(Part {
-                    quota: q,
-                    kind,
-                    class_cap: None,
-                    budget: budget.clone(),
-                });
+                push(key, counter, kind, None);
             }
             if split.is_some() {
                 plan.class_budgets.push((budget, uses));

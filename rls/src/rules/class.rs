@@ -17,7 +17,7 @@ pub enum MaxWait {
     /// Wait this long (0 answers at once). Capacity freed by a refund or
     /// a finished request may come sooner than the window's end, so the
     /// whole time is spent waiting.
-    For(#[serde(with = "humantime_secs")] Duration),
+    For(#[serde(with = "super::quota::humantime_secs")] Duration),
     /// Wait only while the capacity the request needs can be back within
     /// `max_wait_cap` (the window resets, the bucket refills, a slot frees);
     /// a budget that cannot recover that soon (a spent daily quota) answers
@@ -99,15 +99,6 @@ impl Classes {
 
     pub fn get(&self, name: &str) -> Option<&Class> {
         self.0.iter().find(|c| c.name == name)
-    }
-}
-
-mod humantime_secs {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
     }
 }
 

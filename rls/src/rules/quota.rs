@@ -248,7 +248,8 @@ impl Default for LlmSettings {
     }
 }
 
-mod humantime_secs {
+/// Durations as "30s" in `/config`.
+pub(crate) mod humantime_secs {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,

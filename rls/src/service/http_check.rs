@@ -61,18 +61,26 @@ async fn check(
         Ok(r) => r,
         Err(e) => return bad(e),
     };
-    let check = match check_from_proto(request) {
-        Ok(c) => c,
-        Err(e) => return bad(e),
+    let decision = match decide(&app, request).await {
+        Ok(d) => d,
+        Err(bad_request) => return bad_request,
     };
-    let config = app.config.load();
-    let decision = app.engine.decide(&config.rules, &check).await;
     let over = decision.code == Code::OverLimit;
-    app.metrics.decision("http", over);
     let status = if over { deny_status } else { StatusCode::OK };
     let mut response = (status, if over { "over limit\n" } else { "ok\n" }).into_response();
     add_headers(response.headers_mut(), &decision);
     response
+}
+
+/// The one decision path both forms share with the gRPC service: the same
+/// validation, the same engine and counters.
+async fn decide(app: &App, request: RateLimitRequest) -> Result<Decision, Response> {
+    let check = check_from_proto(request).map_err(bad)?;
+    let config = app.config.load();
+    let decision = app.engine.decide(&config.rules, &check).await;
+    app.metrics
+        .decision("http", decision.code == Code::OverLimit);
+    Ok(decision)
 }
 
 fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
@@ -280,14 +288,10 @@ async fn json_check(State(app): State<Arc<App>>, body: Bytes) -> Response {
             .collect(),
         hits_addend: parsed.hits_addend,
     };
-    let check = match check_from_proto(request) {
-        Ok(c) => c,
-        Err(e) => return bad(e),
+    let decision = match decide(&app, request).await {
+        Ok(d) => d,
+        Err(bad_request) => return bad_request,
     };
-    let config = app.config.load();
-    let decision = app.engine.decide(&config.rules, &check).await;
-    let over = decision.code == Code::OverLimit;
-    app.metrics.decision("http", over);
     let code = |c: Code| if c == Code::Ok { "OK" } else { "OVER_LIMIT" };
     let status = |d: &DescriptorResult| {
         json!({
