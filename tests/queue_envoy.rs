@@ -35,6 +35,21 @@ max_concurrent = 1
 max_wait = "10s"
 
 [[quota]]
+name = "by-priority"
+match = { tenant = "prio" }
+max_concurrent = 1
+max_wait = "10s"
+
+# Classes without shares: they only order the lines. No header: batch.
+[[class]]
+name = "interactive"
+priority = 10
+
+[[class]]
+name = "batch"
+priority = 1
+
+[[quota]]
 name = "impatient"
 match = { tenant = "impatient" }
 max_concurrent = 1
@@ -299,5 +314,36 @@ async fn a_client_that_leaves_while_queued_loses_its_place_and_leaks_nothing() {
             "tollgate_llm_requests_total{model=\"gpt-4o\",outcome=\"cancelled\"}"
         ),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn the_priority_header_puts_a_later_request_first_in_line() {
+    let s = stack();
+    let c = client();
+    let first = tokio::spawn(chat(&c, &s.url, "prio", "A", 1_000).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut waiters = Vec::new();
+    for (name, class) in [
+        ("B", None),
+        ("C", Some("batch")),
+        ("D", Some("interactive")),
+    ] {
+        let mut r = chat(&c, &s.url, "prio", name, 100);
+        if let Some(class) = class {
+            r = r.header("x-priority", class);
+        }
+        waiters.push(tokio::spawn(r.send()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    for w in waiters {
+        assert_eq!(w.await.unwrap().unwrap().status(), 200);
+    }
+    let names: Vec<String> = arrivals(&s.upstream).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["A", "D", "B", "C"],
+        "interactive first, then batch (the default) in arrival order"
     );
 }
