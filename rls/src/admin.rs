@@ -40,7 +40,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-/// The rules in force, their version and when they were loaded.
+/// The rules and LLM quotas in force, their version and when they were
+/// loaded.
 async fn config(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let c = app.config.load();
     let loaded = c
@@ -61,5 +62,7 @@ async fn config(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             "on_error": c.store.on_error,
         },
         "rules": c.rules.rules,
+        // Models, quotas, classes and the ext_proc settings in force.
+        "llm": &*c.llm,
     }))
 }

@@ -11,13 +11,12 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// How long a request that finds no capacity may wait for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaxWait {
     /// Wait this long (0 answers at once). Capacity freed by a refund or
     /// a finished request may come sooner than the window's end, so the
     /// whole time is spent waiting.
-    For(#[serde(with = "super::quota::humantime_secs")] Duration),
+    For(Duration),
     /// Wait only while the capacity the request needs can be back within
     /// `max_wait_cap` (the window resets, the bucket refills, a slot frees);
     /// a budget that cannot recover that soon (a spent daily quota) answers
@@ -34,6 +33,16 @@ impl MaxWait {
         humantime::parse_duration(s.trim())
             .map(MaxWait::For)
             .map_err(|e| format!("`{s}`: {e} (write \"auto\", \"0s\" or e.g. \"5s\")"))
+    }
+}
+
+/// Written as it is configured: `"auto"` or `"5s"`.
+impl Serialize for MaxWait {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxWait::Auto => s.serialize_str("auto"),
+            MaxWait::For(d) => s.collect_str(&humantime::format_duration(*d)),
+        }
     }
 }
 
