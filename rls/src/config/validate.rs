@@ -558,6 +558,51 @@ match = ["k"]
     }
 
     #[test]
+    fn waits_and_classes_are_checked_with_their_lines() {
+        let e = errors(
+            r#"[llm]
+max_wait = "soon"
+
+[[quota]]
+name = "q"
+max_concurrent = 1
+max_wait = "-1s"
+
+[[class]]
+name = "a"
+share = 0.5
+default = true
+
+[[class]]
+name = "a"
+share = 0.6
+default = true
+
+[[class]]
+name = "c"
+share = 1.5
+"#,
+        );
+        let want = [
+            "t.toml:2: llm.max_wait: `soon`",
+            "t.toml:7: quota.max_wait: `-1s`",
+            "t.toml:21: class.share: 1.5",
+            "t.toml:14: class.name: `a` is defined twice",
+            "t.toml:14: class.default: more than one",
+            "t.toml:9: class.share: the shares add up to 2.600, not 1",
+        ];
+        for w in want {
+            assert!(e.iter().any(|l| l.starts_with(w)), "no `{w}` in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        let partly = errors("[[class]]\nname = \"a\"\nshare = 1.0\n[[class]]\nname = \"b\"\n");
+        assert!(
+            partly[0].contains("give every class a share, or none"),
+            "{partly:?}"
+        );
+    }
+
+    #[test]
     fn duplicate_paths_and_unknown_replaces_are_refused() {
         let e = errors(
             r#"[[rule]]
