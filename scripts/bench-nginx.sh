@@ -70,6 +70,7 @@ run() { # connections port
     awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%s req/s, p50 %s, p99 %s\n", rps, p50, p99}'
 }
 echo "nginx $("$nginx_bin" -v 2>&1 | sed 's#.*/##'), $(nproc) cores, ${secs}s each"
+echo "ports: upstream $upstream, tollgate admin $admin, nginx with $with, without $without" >&2
 for c in 1 32; do
   echo "wrk -c$c without auth_request: $(run "$c" "$without")"
   echo "wrk -c$c with auth_request:    $(run "$c" "$with")"

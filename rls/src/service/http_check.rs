@@ -67,7 +67,10 @@ async fn check(
     };
     let over = decision.code == Code::OverLimit;
     let status = if over { deny_status } else { StatusCode::OK };
-    let mut response = (status, if over { "over limit\n" } else { "ok\n" }).into_response();
+    // No body: the status and headers are the answer, and nginx can keep
+    // its connection to tollgate alive only when an `auth_request`
+    // sub-request's response has no body to discard.
+    let mut response = status.into_response();
     add_headers(response.headers_mut(), &decision);
     response
 }
