@@ -191,6 +191,10 @@ async fn queued_requests_go_upstream_in_arrival_order_each_woken_by_the_last_com
     for (pair, hold_ms) in seen.windows(2).zip([2_500u64, 300, 300]) {
         let gap = pair[1].1 - pair[0].1;
         let after_completion = gap.saturating_sub(Duration::from_millis(hold_ms));
+        eprintln!(
+            "{} went upstream {after_completion:?} after {} completed",
+            pair[1].0, pair[0].0
+        );
         assert!(
             after_completion < Duration::from_millis(100),
             "{} went upstream {after_completion:?} after {} completed",
