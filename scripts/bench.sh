@@ -5,12 +5,12 @@
 #   scripts/bench.sh --quick    # 3 s per scenario, no Criterion, docs untouched (for development)
 #
 # Installs what is missing (scripts/install-test-deps.sh: redis-server,
-# redis-tools (redis-benchmark), wrk, Envoy in .venv; plus curl), builds the
-# release binaries, and starts everything on 127.0.0.1 with free ports:
-# one redis-server, the mock LLM upstream, tollgate (memory store, then
-# Redis store), and one Envoy (envoy/bench.yaml, one worker) whose
-# listeners differ only in the filter under test. Then it runs, for a
-# fixed duration each:
+# redis-tools (redis-benchmark), nginx, wrk, Envoy in .venv; plus curl),
+# builds the release binaries, and starts everything on 127.0.0.1 with
+# free ports: one redis-server, nginx (the trivial upstream), the mock LLM
+# upstream, tollgate (memory store, then Redis store), and one Envoy
+# (envoy/bench.yaml, one worker) whose listeners differ only in the filter
+# under test. Then it runs, for a fixed duration each:
 #   * direct gRPC rate limit calls (tollgate-load grpc), memory and Redis;
 #   * redis-benchmark running take.lua itself, at the same concurrency;
 #   * HTTP through Envoy: alone, rate limit filter -> tollgate (wrk, 32
@@ -95,6 +95,36 @@ redis-server --port "$redis_port" --save '' --appendonly no >"$work/redis.log" 2
 redis_pid=$!; pids+=("$redis_pid")
 wait_for redis-server redis-cli -p "$redis_port" ping
 
+# The trivial upstream of the rate limit route: nginx, one worker, 200 "ok".
+up_port=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  server {
+    listen 127.0.0.1:$up_port;
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+"$nginx_bin" -c "$work/nginx/nginx.conf" -p "$work/nginx" >"$work/nginx/out.log" 2>&1 &
+nginx_pid=$!; pids+=("$nginx_pid")
+wait_for nginx bash -c "exec 3<>/dev/tcp/127.0.0.1/$up_port"
+# The worker process does the work; its CPU time is what is counted.
+nginx_worker=$(pgrep -P "$nginx_pid" | head -n 1)
+
 llm_port=$(free_port)
 "$bin/mock-llm" --listen "127.0.0.1:$llm_port" --no-record >"$work/mock-llm.log" 2>&1 &
 llm_pid=$!; pids+=("$llm_pid")
@@ -153,7 +183,7 @@ start_envoy() {
   local dir="$work/envoy-$1"
   mkdir -p "$dir"
   alone_port=$(free_port) rl_port=$(free_port) llm_alone_port=$(free_port)
-  llm_ext_port=$(free_port) up_port=$(free_port) envoy_admin=$(free_port)
+  llm_ext_port=$(free_port) envoy_admin=$(free_port)
   scripts/render-envoy.sh envoy/bench.yaml ADMIN_PORT="$envoy_admin" \
     ALONE_PORT="$alone_port" RATELIMIT_PORT="$rl_port" \
     LLM_ALONE_PORT="$llm_alone_port" LLM_EXT_PROC_PORT="$llm_ext_port" \
@@ -212,12 +242,11 @@ now_ms=$(($(date +%s) * 1000))
 window_ms=$((now_ms - now_ms % 60000))
 evalsha=(EVALSHA "$sha" 1 "tg:{0123456789ab}:minutew:v__rand_int__:$((window_ms / 1000))"
   "$now_ms" 1 "" 0 "" 0 1000000000 60000 1 1 1 "$window_ms")
+# Size the run to last about as long as the others (warm-up, not counted).
+bench_n=$(redis-benchmark -p "$redis_port" -c "$conc" -n 20000 -r 10000 --csv "${evalsha[@]}" |
+  awk -F'"' -v d="${duration%s}" 'NR==2 {print int($4 * d)}')
 redis_bench() {
-  local n
-  # Size the run to last about as long as the others.
-  n=$(redis-benchmark -p "$redis_port" -c "$conc" -n 20000 -r 10000 --csv "${evalsha[@]}" |
-    awk -F'"' 'NR==2 {print int($4)}')
-  n=$((n * ${duration%s}))
+  local n="$bench_n"
   redis-benchmark -p "$redis_port" -c "$conc" -n "$n" -r 10000 --csv "${evalsha[@]}" |
     awk -F'"' -v n="$n" 'NR==2 { printf "{\"requests_per_second\":%s,\"requests\":%d,\"ok\":%d,\"denied\":0,\"errors\":0,\"sent_total\":%d,\"latency_ms\":{\"p50\":%s,\"p99\":%s,\"max\":%s}}\n", $4, n, n, n, $10, $14, $16 }'
 }
@@ -255,15 +284,15 @@ for store in memory redis; do
   watch+=" envoy=$envoy_pid"
   if [ "$store" = memory ]; then
     run envoy-alone-max "$G_RL" "Envoy alone (no rate limit filter), maximum" \
-      "wrk -c $conc" "envoy=$envoy_pid" -- wrk_max "http://127.0.0.1:$alone_port/"
+      "wrk -c $conc" "envoy=$envoy_pid nginx=$nginx_worker" -- wrk_max "http://127.0.0.1:$alone_port/"
     run envoy-alone-1000 "$G_RL" "Envoy alone, 1,000 req/s" \
-      "tollgate-load http -c $conc -r 1000" "envoy=$envoy_pid" -- \
+      "tollgate-load http -c $conc -r 1000" "envoy=$envoy_pid nginx=$nginx_worker" -- \
       http_load --url "http://127.0.0.1:$alone_port/" --concurrency "$conc" --rate 1000
   fi
   run "envoy-$store-max" "$G_RL" "Envoy + tollgate ($store), maximum" \
-    "wrk -c $conc" "$watch" -- wrk_max "http://127.0.0.1:$rl_port/"
+    "wrk -c $conc" "$watch nginx=$nginx_worker" -- wrk_max "http://127.0.0.1:$rl_port/"
   run "envoy-$store-1000" "$G_RL" "Envoy + tollgate ($store), 1,000 req/s" \
-    "tollgate-load http -c $conc -r 1000" "$watch" -- \
+    "tollgate-load http -c $conc -r 1000" "$watch nginx=$nginx_worker" -- \
     http_load --url "http://127.0.0.1:$rl_port/" --concurrency "$conc" --rate 1000 \
     --tenant-header x-tenant
 

@@ -40,6 +40,7 @@ done
 cargo build --release --quiet -p tollgate-load
 load="$repo/target/release/tollgate-load"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-instructions.XXXXXX")"
+echo "instructions: files in $work" >&2
 
 pids=()
 cleanup() {
