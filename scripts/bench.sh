@@ -218,12 +218,10 @@ run() {
 
 grpc_load() { "$load" grpc --json --duration "$duration" --warmup "$warmup" "$@"; }
 http_load() { "$load" http --json --duration "$duration" --warmup "$warmup" "$@"; }
-wrk_max() {
-  local url="$1"
-  # Connections and caches warm first, not measured.
-  wrk -t 2 -c "$conc" -d "$warmup" -s scripts/bench/wrk-tenants.lua "$url" >/dev/null
-  wrk -t 2 -c "$conc" -d "$duration" -s scripts/bench/wrk-tenants.lua "$url"
-}
+# Connections and caches warm first, outside the measured run (and its
+# CPU count).
+wrk_warm() { wrk -t 2 -c "$conc" -d "$warmup" -s scripts/bench/wrk-tenants.lua "$1" >/dev/null; }
+wrk_max() { wrk -t 2 -c "$conc" -d "$duration" -s scripts/bench/wrk-tenants.lua "$1"; }
 
 G_GRPC="Direct gRPC (rate limit service)"
 G_RL="HTTP through Envoy, rate limit filter"
@@ -283,12 +281,14 @@ for store in memory redis; do
   start_envoy "$store"
   watch+=" envoy=$envoy_pid"
   if [ "$store" = memory ]; then
+    wrk_warm "http://127.0.0.1:$alone_port/"
     run envoy-alone-max "$G_RL" "Envoy alone (no rate limit filter), maximum" \
       "wrk -c $conc" "envoy=$envoy_pid nginx=$nginx_worker" -- wrk_max "http://127.0.0.1:$alone_port/"
     run envoy-alone-1000 "$G_RL" "Envoy alone, 1,000 req/s" \
       "tollgate-load http -c $conc -r 1000" "envoy=$envoy_pid nginx=$nginx_worker" -- \
       http_load --url "http://127.0.0.1:$alone_port/" --concurrency "$conc" --rate 1000
   fi
+  wrk_warm "http://127.0.0.1:$rl_port/"
   run "envoy-$store-max" "$G_RL" "Envoy + tollgate ($store), maximum" \
     "wrk -c $conc" "$watch nginx=$nginx_worker" -- wrk_max "http://127.0.0.1:$rl_port/"
   run "envoy-$store-1000" "$G_RL" "Envoy + tollgate ($store), 1,000 req/s" \
