@@ -24,6 +24,12 @@ enum Command {
         /// Write the bound addresses here as JSON once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Runtime worker threads. 1 (the default) runs every connection
+        /// on one event loop, the cheapest per decision; more threads use
+        /// more cores at a higher CPU cost per decision (see
+        /// docs/benchmarks.md).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Validate a config and exit: 0 if good, 1 with every error if not.
     Check {
@@ -50,7 +56,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config, ready_file } => {
+        Command::Serve {
+            config,
+            ready_file,
+            threads,
+        } => {
             let loaded = match config::load(&config) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -59,7 +69,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logs(loaded.server.log_format);
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime(threads) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -81,6 +91,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The runtime everything is served on. With one thread, HTTP/2 answers
+/// that complete in the same turn of the event loop leave in one `writev`:
+/// a multi-threaded runtime runs the connection task right after each
+/// answer (tokio's LIFO slot), one `writev` per answer, which measured
+/// twice the CPU per decision (docs/benchmarks.md). Large LLM prompts are
+/// still counted on the blocking pool, off the event loop.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     }
 }
 

@@ -4,9 +4,12 @@
 //! rule with `detailed_metric = true`, which an operator turns on
 //! deliberately; its descriptor values are capped per rule.
 
+mod cache;
+
+use cache::PairCache;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -51,6 +54,12 @@ pub struct Metrics {
     llm_wait_seconds: HistogramVec,
     llm_fallbacks: IntCounterVec,
     detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
+    /// Per (domain, rule): total, within, near, over, shadow.
+    rule_children: PairCache<IntCounter, 5>,
+    /// Per (service, ""): ok, over_limit.
+    decision_children: PairCache<IntCounter, 2>,
+    /// Per (store, op).
+    store_children: PairCache<Histogram, 1>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -243,6 +252,9 @@ impl Metrics {
             store_up,
             config_info,
             detailed_seen: Mutex::new(HashMap::new()),
+            rule_children: PairCache::new(),
+            decision_children: PairCache::new(),
+            store_children: PairCache::new(),
             registry,
         }
     }
@@ -274,23 +286,24 @@ impl Metrics {
             None => rule,
         };
         let labels = &[domain, rule];
-        self.rule_total_hits.with_label_values(labels).inc_by(cost);
-        match outcome {
-            HitOutcome::Within { near } => {
-                self.rule_within_limit
-                    .with_label_values(labels)
-                    .inc_by(cost);
-                if near {
-                    self.rule_near_limit.with_label_values(labels).inc_by(cost);
+        self.rule_children
+            .with(domain, rule, |[total, within, near, over, shadow]| {
+                total.get(&self.rule_total_hits, labels).inc_by(cost);
+                match outcome {
+                    HitOutcome::Within { near: is_near } => {
+                        within.get(&self.rule_within_limit, labels).inc_by(cost);
+                        if is_near {
+                            near.get(&self.rule_near_limit, labels).inc_by(cost);
+                        }
+                    }
+                    HitOutcome::Over { shadow: is_shadow } => {
+                        over.get(&self.rule_over_limit, labels).inc_by(cost);
+                        if is_shadow {
+                            shadow.get(&self.rule_shadow_mode, labels).inc_by(cost);
+                        }
+                    }
                 }
-            }
-            HitOutcome::Over { shadow } => {
-                self.rule_over_limit.with_label_values(labels).inc_by(cost);
-                if shadow {
-                    self.rule_shadow_mode.with_label_values(labels).inc_by(cost);
-                }
-            }
-        }
+            });
     }
 
     fn detailed_label(&self, rule: &str, values: &str) -> String {
@@ -306,14 +319,21 @@ impl Metrics {
 
     /// Counts an answer; `service` is `rls`, `ext_proc` or `http`.
     pub fn decision(&self, service: &str, over_limit: bool) {
-        let code = if over_limit { "over_limit" } else { "ok" };
-        self.decisions.with_label_values(&[service, code]).inc();
+        self.decision_children.with(service, "", |[ok, over]| {
+            if over_limit {
+                over.get(&self.decisions, &[service, "over_limit"]).inc();
+            } else {
+                ok.get(&self.decisions, &[service, "ok"]).inc();
+            }
+        });
     }
 
     pub fn store_call(&self, store: &str, op: &str, seconds: f64) {
-        self.store_latency
-            .with_label_values(&[store, op])
-            .observe(seconds);
+        self.store_children.with(store, op, |[latency]| {
+            latency
+                .get(&self.store_latency, &[store, op])
+                .observe(seconds);
+        });
     }
 
     pub fn store_error(&self, store: &str, kind: &str) {

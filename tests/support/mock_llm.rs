@@ -65,6 +65,9 @@ struct Shared {
     // A std mutex: held only to push or clone, never across an await.
     received: Mutex<Vec<Received>>,
     open_streams: AtomicUsize,
+    /// Set for benchmarks: a long run would otherwise keep every request
+    /// it ever saw.
+    unrecorded: bool,
 }
 
 /// The mock, serving on its own thread and runtime until dropped (so it
@@ -83,13 +86,26 @@ impl MockLlm {
 
     /// Serves on a given address (the `mock-llm` binary's `--listen`).
     pub fn start_on(addr: &str) -> MockLlm {
+        MockLlm::serve(addr, true)
+    }
+
+    /// Serves on a given address without keeping the requests it receives
+    /// (`mock-llm --no-record`, for long benchmark runs).
+    pub fn start_unrecorded(addr: &str) -> MockLlm {
+        MockLlm::serve(addr, false)
+    }
+
+    fn serve(addr: &str, record: bool) -> MockLlm {
         let listener =
             std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let port = listener.local_addr().expect("mock address").port();
         listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            unrecorded: !record,
+            ..Shared::default()
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = shared.clone();
         std::thread::Builder::new()
@@ -218,25 +234,27 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
-    shared
-        .received
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Received {
-            at: std::time::Instant::now(),
-            method: method.to_string(),
-            path: path.clone(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: body.to_vec(),
-        });
+    if !shared.unrecorded {
+        shared
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Received {
+                at: std::time::Instant::now(),
+                method: method.to_string(),
+                path: path.clone(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+                body: body.to_vec(),
+            });
+    }
     let latency = num(&headers, "x-mock-latency-ms", 0);
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;

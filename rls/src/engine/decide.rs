@@ -277,13 +277,6 @@ impl Engine {
                 }
                 continue;
             }
-            // The request id names the reservation, not the counter.
-            let entries: Vec<(String, String)> = d
-                .entries
-                .iter()
-                .filter(|(k, _)| Some(k.as_str()) != rule.reserve.as_deref())
-                .cloned()
-                .collect();
             let plan = if d.negative {
                 &mut p.gives
             } else {
@@ -294,7 +287,8 @@ impl Engine {
             }
             for limit in &rule.limits {
                 plan.hits.push(Hit {
-                    key: counter_base(rule, limit, &entries),
+                    // The request id names the reservation, not the counter.
+                    key: counter_base(rule, limit, &d.entries, rule.reserve.as_deref()),
                     counter: Counter::Rate(*limit),
                     cost,
                     enforce: !rule.shadow,

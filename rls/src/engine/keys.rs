@@ -6,7 +6,15 @@
 
 use crate::rules::{Algorithm, Limit, Rule};
 
-pub(crate) fn counter_base(rule: &Rule, limit: &Limit, entries: &[(String, String)]) -> String {
+/// The key of `rule`'s counter for `limit` and these descriptor entries,
+/// leaving out the entry named `skip` (a reserving rule's request id,
+/// which names the reservation, not the counter).
+pub(crate) fn counter_base(
+    rule: &Rule,
+    limit: &Limit,
+    entries: &[(String, String)],
+    skip: Option<&str>,
+) -> String {
     let mut key = String::with_capacity(32 + entries.len() * 16);
     key.push_str("tg:{");
     key.push_str(rule.id.as_str());
@@ -16,7 +24,7 @@ pub(crate) fn counter_base(rule: &Rule, limit: &Limit, entries: &[(String, Strin
         Algorithm::FixedWindow => 'w',
         Algorithm::TokenBucket => 'b',
     });
-    for (_, value) in entries {
+    for (_, value) in entries.iter().filter(|(k, _)| Some(k.as_str()) != skip) {
         key.push(':');
         escape_into(&mut key, value);
     }

@@ -12,8 +12,55 @@ use std::collections::HashMap;
 struct Level {
     /// key → value → node: two `&str` lookups, no allocation per request.
     exact: HashMap<String, HashMap<String, usize>>,
-    prefixes: Vec<(String, String, usize)>,
+    /// key → the `key=prefix*` patterns of this level.
+    prefixes: HashMap<String, Prefixes>,
+    /// Prefix patterns added so far: a pattern's place in config order.
+    prefix_count: usize,
     any_value: HashMap<String, usize>,
+}
+
+/// The prefix patterns of one key, grouped by prefix length: a value is
+/// checked with one map lookup per distinct length instead of a scan of
+/// every pattern, and the earliest pattern in config order still wins.
+#[derive(Debug, Default)]
+struct Prefixes {
+    /// (length, prefix → pattern), by ascending length.
+    by_len: Vec<(usize, HashMap<String, Pattern>)>,
+}
+
+/// A prefix pattern's place in config order, and its node.
+type Pattern = (usize, usize);
+
+impl Prefixes {
+    fn find(&self, prefix: &str) -> Option<usize> {
+        self.by_len
+            .iter()
+            .find(|(len, _)| *len == prefix.len())
+            .and_then(|(_, m)| m.get(prefix))
+            .map(|&(_, node)| node)
+    }
+
+    fn insert(&mut self, prefix: &str, order: usize, node: usize) {
+        let at = match self.by_len.binary_search_by_key(&prefix.len(), |(l, _)| *l) {
+            Ok(i) => i,
+            Err(i) => {
+                self.by_len.insert(i, (prefix.len(), HashMap::new()));
+                i
+            }
+        };
+        self.by_len[at].1.insert(prefix.to_string(), (order, node));
+    }
+
+    /// The node of the earliest pattern (in config order) that `value`
+    /// starts with.
+    fn matching(&self, value: &str) -> Option<usize> {
+        self.by_len
+            .iter()
+            .take_while(|(len, _)| *len <= value.len())
+            .filter_map(|(len, m)| m.get(value.get(..*len)?))
+            .min_by_key(|(order, _)| *order)
+            .map(|&(_, node)| node)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -63,14 +110,13 @@ impl RuleTree {
                 .or_insert(fresh),
             EntryPattern::AnyValue { key } => *level.any_value.entry(key.clone()).or_insert(fresh),
             EntryPattern::Prefix { key, prefix } => {
-                match level
-                    .prefixes
-                    .iter()
-                    .find(|(k, p, _)| k == key && p == prefix)
-                {
-                    Some((_, _, n)) => *n,
+                let order = level.prefix_count;
+                let patterns = level.prefixes.entry(key.clone()).or_default();
+                match patterns.find(prefix) {
+                    Some(n) => n,
                     None => {
-                        level.prefixes.push((key.clone(), prefix.clone(), fresh));
+                        patterns.insert(prefix, order, fresh);
+                        level.prefix_count += 1;
                         fresh
                     }
                 }
@@ -108,9 +154,8 @@ impl RuleTree {
         }
         level
             .prefixes
-            .iter()
-            .find(|(k, p, _)| k == key && value.starts_with(p.as_str()))
-            .map(|(_, _, n)| *n)
+            .get(key)
+            .and_then(|p| p.matching(value))
             .or_else(|| level.any_value.get(key).copied())
     }
 }
@@ -195,6 +240,30 @@ mod tests {
         let t = tree(&rules);
         assert_eq!(t.lookup("d", [("p", "/v1/chat/completions")]), Some(0));
         assert_eq!(t.lookup("d", [("p", "/v2")]), None);
+    }
+
+    #[test]
+    fn the_earliest_wildcard_wins_whatever_its_length() {
+        let rules = [
+            rule("d", &["p=/v1/chat/*"]),
+            rule("d", &["p=/v1/*"]),
+            rule("d", &["p=/v1/chat/x*"]),
+            rule("d", &["q=/v1/*"]),
+            rule("d", &["p=*"]),
+        ];
+        let t = tree(&rules);
+        assert_eq!(t.lookup("d", [("p", "/v1/chat/xyz")]), Some(0));
+        assert_eq!(t.lookup("d", [("p", "/v1/models")]), Some(1));
+        assert_eq!(t.lookup("d", [("q", "/v1/models")]), Some(3));
+        assert_eq!(
+            t.lookup("d", [("p", "/v2")]),
+            Some(4),
+            "an empty prefix matches all"
+        );
+        assert_eq!(t.lookup("d", [("q", "/v2")]), None);
+        // A prefix that would end inside a multi-byte character never matches.
+        assert_eq!(t.lookup("d", [("q", "/v1")]), None);
+        assert_eq!(t.lookup("d", [("q", "é")]), None);
     }
 
     #[test]

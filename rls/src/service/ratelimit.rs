@@ -34,7 +34,9 @@ impl RateLimitGrpc {
 
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
-    #[tracing::instrument(name = "rls", skip_all, fields(domain, code))]
+    // Debug level: a span per call is a cost every decision would pay at
+    // the default `info` (docs/benchmarks.md).
+    #[tracing::instrument(name = "rls", level = "debug", skip_all, fields(domain, code))]
     async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,

@@ -38,50 +38,57 @@ impl Default for MemoryStore {
     }
 }
 
+/// A key of one call with its shard, hashed once: locking, reading and
+/// writing it then index the shard directly.
+struct Key {
+    text: String,
+    shard: usize,
+}
+
 /// The shards of one call, locked, and a view of their keys that sees the
 /// call's own writes before they are committed.
 struct Locked<'a> {
     guards: Vec<MutexGuard<'a, Shard>>,
+    /// The locked shard numbers, ascending; `guards` is in the same order.
     order: Vec<usize>,
-    store: &'a MemoryStore,
-    pending: Vec<(String, Option<Entry>)>,
+    pending: Vec<(Key, Option<Entry>)>,
     now_ms: u64,
 }
 
 impl Locked<'_> {
-    fn guard(&mut self, key: &str) -> &mut Shard {
-        let shard = self.store.shard_of(key);
+    fn map(&mut self, shard: usize) -> &mut Shard {
         let slot = self.order.binary_search(&shard).unwrap_or(0);
         &mut self.guards[slot]
     }
 
     /// The live cell at `key`, as this call has left it so far.
-    fn get(&mut self, key: &str) -> Option<Cell> {
+    fn get(&mut self, key: &Key) -> Option<Cell> {
         let now = self.now_ms;
-        let entry = match self.pending.iter().rev().find(|(k, _)| k == key) {
+        let entry = match self.pending.iter().rev().find(|(k, _)| k.text == key.text) {
             Some((_, e)) => e.clone(),
-            None => self.guard(key).get(key).cloned(),
+            None => self.map(key.shard).get(key.text.as_str()).cloned(),
         };
         entry.filter(|e| e.expires_ms > now).map(|e| e.cell)
     }
 
-    fn put(&mut self, key: String, cell: Cell, ttl_ms: u64) {
+    fn put(&mut self, key: Key, cell: Cell, ttl_ms: u64) {
         let expires_ms = self.now_ms + ttl_ms;
         self.pending.push((key, Some(Entry { cell, expires_ms })));
     }
 
-    fn delete(&mut self, key: String) {
+    fn delete(&mut self, key: Key) {
         self.pending.push((key, None));
     }
 
     fn commit(mut self) {
         for (key, entry) in std::mem::take(&mut self.pending) {
+            let map = self.map(key.shard);
             match entry {
                 Some(e) => {
-                    self.guard(&key).insert(key, e);
+                    map.insert(key.text, e);
                 }
                 None => {
-                    self.guard(&key).remove(&key);
+                    map.remove(key.text.as_str());
                 }
             }
         }
@@ -93,13 +100,14 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn shard_of(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) as usize) % self.shards.len()
+    fn key(&self, text: String) -> Key {
+        let shard = (self.hasher.hash_one(text.as_str()) as usize) % self.shards.len();
+        Key { text, shard }
     }
 
-    /// Locks the shards of `keys` in ascending order.
-    fn lock<'k>(&self, keys: impl Iterator<Item = &'k str>, now_ms: u64) -> Locked<'_> {
-        let mut order: Vec<usize> = keys.map(|k| self.shard_of(k)).collect();
+    /// Locks `shards` in ascending order.
+    fn lock(&self, shards: impl Iterator<Item = usize>, now_ms: u64) -> Locked<'_> {
+        let mut order: Vec<usize> = shards.collect();
         order.sort_unstable();
         order.dedup();
         let guards = order
@@ -111,7 +119,6 @@ impl MemoryStore {
         Locked {
             guards,
             order,
-            store: self,
             pending: Vec::new(),
             now_ms,
         }
@@ -151,16 +158,17 @@ impl Store for MemoryStore {
         hold: Option<&Hold>,
         now_ms: u64,
     ) -> Result<TakeOutcome, StoreError> {
-        let keys: Vec<String> = hits
+        let keys: Vec<Key> = hits
             .iter()
-            .map(|h| counter_key(&h.key, &h.counter, now_ms))
+            .map(|h| self.key(counter_key(&h.key, &h.counter, now_ms)))
             .collect();
-        let record_key = hold.map(|h| h.record_key.as_str());
-        let mut locked = self.lock(keys.iter().map(String::as_str).chain(record_key), now_ms);
+        let record = hold.map(|h| self.key(h.record_key.clone()));
+        let shards = keys.iter().chain(record.as_ref()).map(|k| k.shard);
+        let mut locked = self.lock(shards, now_ms);
         let mut admitted = true;
         let mut states = Vec::with_capacity(hits.len());
-        for (hit, key) in hits.iter().zip(&keys) {
-            let cell = locked.get(key);
+        for (hit, key) in hits.iter().zip(keys) {
+            let cell = locked.get(&key);
             let out = match hit.counter {
                 Counter::Rate(limit) => arith::hit(&limit, cell.as_ref(), hit.cost, true, now_ms),
                 Counter::Slots { max } => {
@@ -176,15 +184,11 @@ impl Store for MemoryStore {
             };
             admitted &= !(out.state.over && hit.enforce);
             states.push(out.state);
-            locked.put(key.clone(), out.cell, out.ttl_ms);
+            locked.put(key, out.cell, out.ttl_ms);
         }
         if admitted {
-            if let Some(h) = hold {
-                locked.put(
-                    h.record_key.clone(),
-                    Cell::Record(h.record.clone()),
-                    h.ttl_ms,
-                );
+            if let (Some(h), Some(record)) = (hold, record) {
+                locked.put(record, Cell::Record(h.record.clone()), h.ttl_ms);
             }
             locked.commit();
         }
@@ -195,20 +199,20 @@ impl Store for MemoryStore {
     }
 
     async fn give_back(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError> {
-        let keys: Vec<String> = hits
+        let keys: Vec<Key> = hits
             .iter()
-            .map(|h| counter_key(&h.key, &h.counter, now_ms))
+            .map(|h| self.key(counter_key(&h.key, &h.counter, now_ms)))
             .collect();
-        let mut locked = self.lock(keys.iter().map(String::as_str), now_ms);
+        let mut locked = self.lock(keys.iter().map(|k| k.shard), now_ms);
         let mut states = Vec::with_capacity(hits.len());
-        for (hit, key) in hits.iter().zip(&keys) {
-            let cell = locked.get(key);
+        for (hit, key) in hits.iter().zip(keys) {
+            let cell = locked.get(&key);
             let out = match hit.counter {
                 Counter::Rate(limit) => arith::give_back(&limit, cell.as_ref(), hit.cost, now_ms),
                 Counter::Slots { max } => arith::release(max, cell.as_ref(), "", now_ms),
             };
             states.push(out.state);
-            locked.put(key.clone(), out.cell, out.ttl_ms);
+            locked.put(key, out.cell, out.ttl_ms);
         }
         locked.commit();
         Ok(states)
@@ -221,47 +225,43 @@ impl Store for MemoryStore {
         ops: &[SettleOp],
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let keys = ops.iter().map(|op| match op {
-            SettleOp::Refund { key, .. }
-            | SettleOp::Charge { key, .. }
-            | SettleOp::Release { key, .. } => key.as_str(),
-        });
-        let charge_keys: Vec<String> = ops
+        // Each op's key: the exact window key of a refund or release, the
+        // current window's key of a charge.
+        let keys: Vec<Key> = ops
             .iter()
-            .map(|op| match op {
-                SettleOp::Charge { key, limit, .. } => {
-                    counter_key(key, &Counter::Rate(*limit), now_ms)
-                }
-                _ => String::new(),
+            .map(|op| {
+                self.key(match op {
+                    SettleOp::Refund { key, .. } | SettleOp::Release { key, .. } => key.clone(),
+                    SettleOp::Charge { key, limit, .. } => {
+                        counter_key(key, &Counter::Rate(*limit), now_ms)
+                    }
+                })
             })
             .collect();
-        let all = keys
-            .chain(charge_keys.iter().map(String::as_str))
-            .chain(std::iter::once(record_key));
-        let mut locked = self.lock(all, now_ms);
-        if locked.get(record_key).is_none() {
+        let record = self.key(record_key.to_string());
+        let shards = keys.iter().chain(std::iter::once(&record)).map(|k| k.shard);
+        let mut locked = self.lock(shards, now_ms);
+        if locked.get(&record).is_none() {
             return Ok(false);
         }
-        locked.delete(record_key.to_string());
-        for (op, charge_key) in ops.iter().zip(charge_keys) {
+        locked.delete(record);
+        for (op, key) in ops.iter().zip(keys) {
+            let cell = locked.get(&key);
             match op {
-                SettleOp::Refund { key, limit, cost } => {
-                    let cell = locked.get(key);
+                SettleOp::Refund { limit, cost, .. } => {
                     // A live window key means now is still in that window,
                     // so the recomputed expiry is the window's own end.
                     if let Some(out) = arith::refund(limit, cell.as_ref(), *cost, now_ms) {
-                        locked.put(key.clone(), out.cell, out.ttl_ms);
+                        locked.put(key, out.cell, out.ttl_ms);
                     }
                 }
                 SettleOp::Charge { limit, cost, .. } => {
-                    let cell = locked.get(&charge_key);
                     let out = arith::charge(limit, cell.as_ref(), *cost, now_ms);
-                    locked.put(charge_key, out.cell, out.ttl_ms);
+                    locked.put(key, out.cell, out.ttl_ms);
                 }
-                SettleOp::Release { key, max } => {
-                    let cell = locked.get(key);
+                SettleOp::Release { max, .. } => {
                     let out = arith::release(*max, cell.as_ref(), holder, now_ms);
-                    locked.put(key.clone(), out.cell, out.ttl_ms);
+                    locked.put(key, out.cell, out.ttl_ms);
                 }
             }
         }
@@ -270,8 +270,9 @@ impl Store for MemoryStore {
     }
 
     async fn record(&self, record_key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut locked = self.lock(std::iter::once(record_key), now_ms);
-        Ok(match locked.get(record_key) {
+        let key = self.key(record_key.to_string());
+        let mut locked = self.lock(std::iter::once(key.shard), now_ms);
+        Ok(match locked.get(&key) {
             Some(Cell::Record(r)) => Some(r),
             _ => None,
         })

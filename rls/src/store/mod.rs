@@ -145,9 +145,54 @@ pub trait Store: Send + Sync + 'static {
 pub fn counter_key(key: &str, counter: &Counter, now_ms: u64) -> String {
     match counter {
         Counter::Rate(limit) => match arith::key_suffix(limit, now_ms) {
-            Some(window) => format!("{key}:{window}"),
+            Some(window) => {
+                // By hand rather than `format!`: this runs for every hit.
+                let mut out = String::with_capacity(key.len() + 21);
+                out.push_str(key);
+                out.push(':');
+                push_decimal(&mut out, window);
+                out
+            }
             None => key.to_string(),
         },
         Counter::Slots { .. } => key.to_string(),
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Algorithm, Period};
+
+    #[test]
+    fn window_keys_end_in_the_window_start_in_seconds() {
+        let limit = Limit {
+            amount: 1,
+            period: Period::Minute,
+            algorithm: Algorithm::FixedWindow,
+        };
+        let key = counter_key("tg:{r}:minutew:v", &Counter::Rate(limit), 1_700_000_059_999);
+        assert_eq!(key, "tg:{r}:minutew:v:1700000040");
+        let mut zero = String::new();
+        push_decimal(&mut zero, 0);
+        assert_eq!(zero, "0");
+        let mut max = String::new();
+        push_decimal(&mut max, u64::MAX);
+        assert_eq!(max, u64::MAX.to_string());
     }
 }
