@@ -46,12 +46,17 @@ struct Stack {
 }
 
 fn stack(store: &str, quotas: &str, instances: usize) -> Stack {
+    stack_on("ext_proc.yaml", store, quotas, instances)
+}
+
+/// The same stack on another Envoy template.
+fn stack_on(template: &str, store: &str, quotas: &str, instances: usize) -> Stack {
     let upstream = MockLlm::start();
     let tollgates: Vec<Tollgate> = (0..instances)
         .map(|_| Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), &config(store, quotas)))
         .collect();
     let envoy = Envoy::start(
-        "ext_proc.yaml",
+        template,
         &[
             ("UPSTREAM_PORT", upstream.port().to_string()),
             ("TOLLGATE_PORT", tollgates[0].grpc_port().to_string()),
@@ -194,6 +199,15 @@ async fn budget_refund_and_429(s: Stack) {
 #[tokio::test]
 async fn budget_on_memory() {
     budget_refund_and_429(stack("kind = \"memory\"", ACME, 1)).await;
+}
+
+/// The same, with Envoy sending the headers messages: tollgate reads the
+/// identity from the request headers and sets the rate limit headers on
+/// the response itself.
+#[tokio::test]
+async fn budget_with_header_messages() {
+    let template = tollgate_testkit::ext_proc_with_header_messages();
+    budget_refund_and_429(stack_on(&template, "kind = \"memory\"", ACME, 1)).await;
 }
 
 #[tokio::test]

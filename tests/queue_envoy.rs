@@ -75,10 +75,14 @@ struct Stack {
 }
 
 fn stack() -> Stack {
+    stack_on("ext_proc.yaml")
+}
+
+fn stack_on(template: &str) -> Stack {
     let upstream = MockLlm::start();
     let tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), CONFIG);
     let envoy = Envoy::start(
-        "ext_proc.yaml",
+        template,
         &[
             ("UPSTREAM_PORT", upstream.port().to_string()),
             ("TOLLGATE_PORT", tollgate.grpc_port().to_string()),
@@ -255,11 +259,6 @@ async fn an_exhausted_model_falls_back_with_the_body_rewritten_then_429_after_bo
     );
     let last = s.upstream.requests().pop().expect("upstream saw it");
     assert_eq!(last.json()["model"], "gpt-4o-mini", "the body is rewritten");
-    assert_eq!(last.header("x-tollgate-model"), Some("gpt-4o-mini"));
-    assert_eq!(
-        last.header("content-length").map(str::to_string),
-        Some(last.body.len().to_string())
-    );
 
     // Both spent: 429 after both waits (1 s + 1 s).
     let asked = Instant::now();
@@ -349,5 +348,36 @@ async fn the_priority_header_puts_a_later_request_first_in_line() {
         names,
         ["A", "D", "B", "C"],
         "interactive first, then batch (the default) in arrival order"
+    );
+}
+
+/// With the request headers message, a fallback also sets the model header
+/// Envoy can route on (and the content length of the new body).
+#[tokio::test]
+async fn with_header_messages_a_fallback_sets_the_routing_header() {
+    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(10));
+    let s = stack_on(&tollgate_testkit::ext_proc_with_header_messages());
+    let c = client();
+    assert_eq!(
+        chat(&c, &s.url, "fb", "one", 0)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = chat(&c, &s.url, "fb", "two", 0).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-tollgate-fallback-from").as_deref(),
+        Some("gpt-4o"),
+        "set by tollgate on the response headers message"
+    );
+    let last = s.upstream.requests().pop().expect("upstream saw it");
+    assert_eq!(last.json()["model"], "gpt-4o-mini");
+    assert_eq!(last.header("x-tollgate-model"), Some("gpt-4o-mini"));
+    assert_eq!(
+        last.header("content-length").map(str::to_string),
+        Some(last.body.len().to_string())
     );
 }

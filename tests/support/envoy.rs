@@ -275,3 +275,39 @@ fn dechunk(mut rest: &str) -> Option<String> {
         rest = after.get(size..)?.strip_prefix("\r\n")?;
     }
 }
+
+/// `envoy/ext_proc.yaml` with Envoy sending the request and response
+/// headers messages (`SEND`) and without the route's metadata-driven
+/// response headers: tollgate reads and sets headers itself. Written to a
+/// scratch file; returns its absolute path, for [`Envoy::start`].
+pub fn ext_proc_with_header_messages() -> String {
+    let path = crate::repo_root().join("envoy/ext_proc.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("response_headers_to_add:") {
+            skipping = true;
+            continue;
+        }
+        if skipping && (trimmed.starts_with("- header:") || trimmed.starts_with("append_action:")) {
+            continue;
+        }
+        skipping = false;
+        out.push_str(
+            &line
+                .replace("request_header_mode: SKIP", "request_header_mode: SEND")
+                .replace("response_header_mode: SKIP", "response_header_mode: SEND"),
+        );
+        out.push('\n');
+    }
+    assert!(
+        out.contains("request_header_mode: SEND") && !out.contains("DYNAMIC_METADATA"),
+        "envoy/ext_proc.yaml changed shape; update ext_proc_with_header_messages"
+    );
+    let file = crate::scratch_dir("ext-proc-headers").join("ext_proc_headers.yaml");
+    std::fs::write(&file, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+    file.display().to_string()
+}

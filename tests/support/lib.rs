@@ -33,7 +33,7 @@ mod prom;
 mod redis;
 mod tollgate;
 
-pub use envoy::{envoy_bin, http_get, render_template, Envoy};
+pub use envoy::{envoy_bin, ext_proc_with_header_messages, http_get, render_template, Envoy};
 pub use mock_llm::{MockLlm, Received};
 pub use nginx::Nginx;
 pub use pki::{replace_file, Issued, Pki};

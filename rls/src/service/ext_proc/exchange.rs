@@ -11,7 +11,9 @@ use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValueOption};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::Struct;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -50,6 +52,13 @@ pub(super) struct Exchange {
     /// Response headers that say how the request was served: the model,
     /// the model it fell back from, how long it waited.
     served: Vec<HeaderValueOption>,
+    /// The request's headers were read (from their message, or from the
+    /// attributes sent with the body when Envoy skips that message).
+    request_seen: bool,
+    /// The response's status was read (likewise).
+    response_seen: bool,
+    /// The request asked for a streamed (SSE) response.
+    streamed: bool,
 }
 
 type Replies = mpsc::Sender<Result<ProcessingResponse, tonic::Status>>;
@@ -75,22 +84,48 @@ impl Exchange {
             body: Body::None,
             too_big: false,
             served: Vec::new(),
+            request_seen: false,
+            response_seen: false,
+            streamed: false,
         }
     }
 
     /// Handles one message from Envoy; `None` if it needs no answer.
+    ///
+    /// Envoy may send the request and response headers as their own
+    /// messages, or skip them (one round trip fewer each) and send what
+    /// tollgate needs as attributes with the first body message; both work.
     pub async fn on_message(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
-        match msg.request? {
-            Request::RequestHeaders(h) => Some(self.on_request_headers(h.headers.as_ref(), h.end_of_stream)),
-            Request::RequestBody(b) => self.on_request_body(&b.body, b.end_of_stream).await,
+        let ProcessingRequest {
+            request,
+            attributes,
+            ..
+        } = msg;
+        match request? {
+            Request::RequestHeaders(h) => {
+                self.request_seen = true;
+                Some(self.on_request_headers(Facts::Headers(h.headers.as_ref()), h.end_of_stream))
+            }
+            Request::RequestBody(b) => {
+                if !self.request_seen {
+                    self.request_seen = true;
+                    self.on_request_headers(Facts::Attributes(&attributes), false);
+                }
+                self.on_request_body(&b.body, b.end_of_stream).await
+            }
             Request::ResponseHeaders(h) => {
-                let r = self.on_response_headers(h.headers.as_ref());
+                let r = self.on_response_headers(Facts::Headers(h.headers.as_ref()));
                 if h.end_of_stream {
                     self.finish().await;
                 }
                 Some(r)
             }
             Request::ResponseBody(b) => {
+                if !self.response_seen {
+                    // Headers skipped: the status comes as an attribute,
+                    // SSE or not from the request's `stream`.
+                    self.on_response_headers(Facts::Attributes(&attributes));
+                }
                 self.on_response_chunk(&b.body);
                 if b.end_of_stream {
                     self.finish().await;
@@ -111,22 +146,18 @@ impl Exchange {
         }
     }
 
-    fn on_request_headers(
-        &mut self,
-        headers: Option<&HeaderMap>,
-        end_of_stream: bool,
-    ) -> ProcessingResponse {
+    fn on_request_headers(&mut self, facts: Facts<'_>, end_of_stream: bool) -> ProcessingResponse {
         let settings = &self.config.llm.settings;
-        let path = header_value(headers, ":path").unwrap_or_default();
-        let method = header_value(headers, ":method").unwrap_or_default();
+        let path = facts.get(":path").unwrap_or_default();
+        let method = facts.get(":method").unwrap_or_default();
         let route = path.split('?').next().unwrap_or_default().to_string();
         if method.eq_ignore_ascii_case("POST") && !end_of_stream {
             self.endpoint = Endpoint::from_path(&route);
         }
         self.identity = Identity {
-            tenant: header_value(headers, &settings.tenant_header).filter(|t| !t.is_empty()),
-            api_key: header_value(headers, &settings.api_key_header).map(|k| key_hash(&k)),
-            class: header_value(headers, &settings.class_header).filter(|c| !c.is_empty()),
+            tenant: facts.get(&settings.tenant_header).filter(|t| !t.is_empty()),
+            api_key: facts.get(&settings.api_key_header).map(|k| key_hash(&k)),
+            class: facts.get(&settings.class_header).filter(|c| !c.is_empty()),
             model: String::new(),
             route,
         };
@@ -180,6 +211,7 @@ impl Exchange {
                 ));
             }
         };
+        self.streamed = request.stream;
         let llm = self.config.llm.clone();
         let model = llm.model(&request.model);
         self.model_label = model
@@ -353,16 +385,34 @@ impl Exchange {
                 self.app.metrics.quota_tokens(&t.quota, "reserved", t.cost);
             }
         }
-        let meta = reply::metadata(&[
-            ("reservation_id", Kind::StringValue(reservation.id.clone())),
-            ("model", Kind::StringValue(model.clone())),
-            (
-                "estimated_tokens",
-                Kind::NumberValue((estimate.prompt + estimate.completion) as f64),
-            ),
-        ]);
         self.reservation = Some(reservation);
         self.budget = headers;
+        let mut fields = vec![
+            (
+                "reservation_id".to_string(),
+                Kind::StringValue(
+                    self.reservation
+                        .as_ref()
+                        .map(|r| r.id.clone())
+                        .unwrap_or_default(),
+                ),
+            ),
+            ("model".to_string(), Kind::StringValue(model.clone())),
+            (
+                "estimated_tokens".to_string(),
+                Kind::NumberValue((estimate.prompt + estimate.completion) as f64),
+            ),
+        ];
+        // The response headers again, by name, for an Envoy that skips the
+        // response headers message and adds them with the route's
+        // `response_headers_to_add: %DYNAMIC_METADATA(tollgate:<name>)%`.
+        for h in self.response_header_values() {
+            if let Some(v) = h.header {
+                let value = String::from_utf8_lossy(&v.raw_value).into_owned();
+                fields.push((v.key, Kind::StringValue(value)));
+            }
+        }
+        let meta = reply::metadata(fields);
         let mut new_body = None;
         if fallback_from.is_some() {
             new_body = filters::rewrite_model(body, &model).ok();
@@ -380,23 +430,32 @@ impl Exchange {
         reply::request_body_routed(upstream, new_body, Some(meta))
     }
 
-    fn on_response_headers(&mut self, headers: Option<&HeaderMap>) -> ProcessingResponse {
-        self.status = header_value(headers, ":status")
+    fn on_response_headers(&mut self, facts: Facts<'_>) -> ProcessingResponse {
+        self.response_seen = true;
+        self.status = facts
+            .get(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let Some(endpoint) = self.endpoint.filter(|_| self.reservation.is_some()) else {
             return reply::response_headers(vec![]);
         };
-        let sse = header_value(headers, "content-type")
-            .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
+        let sse = match facts.get("content-type") {
+            Some(c) => c.to_ascii_lowercase().starts_with("text/event-stream"),
+            None => self.streamed,
+        };
         self.body = if sse {
             Body::Sse(Box::new(SseUsage::new(endpoint)))
         } else {
             Body::Json(Vec::new())
         };
+        reply::response_headers(self.response_header_values())
+    }
+
+    /// `x-ratelimit-*` and `x-tollgate-*` for the client's response.
+    fn response_header_values(&self) -> Vec<HeaderValueOption> {
         let mut h = budget_headers(&self.budget);
         h.extend(self.served.iter().cloned());
-        reply::response_headers(h)
+        h
     }
 
     fn on_response_chunk(&mut self, chunk: &[u8]) {
@@ -547,6 +606,50 @@ fn budget_headers(b: &BudgetView) -> Vec<HeaderValueOption> {
 
 fn format_reset(d: Duration) -> String {
     format!("{}s", d.as_millis().div_ceil(1000))
+}
+
+/// Where the request's (or response's) headers come from: their own
+/// message, or the attributes Envoy sends with the first body message when
+/// it skips that one.
+enum Facts<'a> {
+    Headers(Option<&'a HeaderMap>),
+    Attributes(&'a HashMap<String, Struct>),
+}
+
+impl Facts<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        match self {
+            Facts::Headers(h) => header_value(*h, name),
+            Facts::Attributes(a) => attribute(a, name),
+        }
+    }
+}
+
+/// A header as an ext_proc attribute: `:path` is `request.path`, `:method`
+/// `request.method`, `:status` `response.code`, any other header `x` the
+/// CEL expression `request.headers['x']`, written exactly so in Envoy's
+/// `request_attributes`.
+fn attribute(attrs: &HashMap<String, Struct>, name: &str) -> Option<String> {
+    let keys = match name {
+        ":path" => vec!["request.path".to_string()],
+        ":method" => vec!["request.method".to_string()],
+        ":status" => vec!["response.code".to_string()],
+        // Read from the request headers message only; in attributes mode
+        // SSE is known from the request.
+        "content-type" => vec![],
+        n => vec![
+            format!("request.headers['{n}']"),
+            format!("request.headers[\"{n}\"]"),
+        ],
+    };
+    attrs
+        .values()
+        .flat_map(|s| keys.iter().filter_map(move |k| s.fields.get(k)))
+        .find_map(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            Some(Kind::NumberValue(n)) if n.is_finite() => Some(format!("{}", *n as i64)),
+            _ => None,
+        })
 }
 
 fn header_value(headers: Option<&HeaderMap>, name: &str) -> Option<String> {

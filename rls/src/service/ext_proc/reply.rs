@@ -142,18 +142,11 @@ pub fn immediate(
 }
 
 /// Dynamic metadata under the `tollgate` namespace.
-pub fn metadata(fields: &[(&str, Kind)]) -> Struct {
+pub fn metadata(fields: Vec<(String, Kind)>) -> Struct {
     let inner = Struct {
         fields: fields
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    Value {
-                        kind: Some(v.clone()),
-                    },
-                )
-            })
+            .into_iter()
+            .map(|(k, v)| (k, Value { kind: Some(v) }))
             .collect(),
     };
     Struct {
