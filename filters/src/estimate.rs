@@ -50,6 +50,14 @@ impl Estimator {
         }
     }
 
+    /// Loads the BPE vocabularies now. They are built on first use, which
+    /// takes tens to hundreds of milliseconds: a server calls this at start
+    /// so its first requests do not pay for it.
+    pub fn warm_up() {
+        let _ = bpe_openai::o200k_base();
+        let _ = bpe_openai::cl100k_base();
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Estimator::BytesPerFour => "bytes",

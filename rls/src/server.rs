@@ -54,6 +54,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         crate::reload::spawn(app.clone(), path.clone());
     }
     engine.spawn_freed_listener();
+    if app.config.load().llm.settings.estimator == "bpe" {
+        // The tokenizer's tables load on first use; load them now, off the
+        // reactor, so the first LLM requests do not wait for them.
+        tokio::task::spawn_blocking(tollgate_filters::Estimator::warm_up);
+    }
     let mut sweep = vec![engine.local_store().clone()];
     sweep.extend(memory);
     spawn_sweeper(sweep, engine.clone());
