@@ -16,7 +16,9 @@
 #   * HTTP through Envoy: alone, rate limit filter -> tollgate (wrk, 32
 #     connections, maximum; tollgate-load at a fixed rate for latency);
 #   * LLM requests through Envoy, alone and with ext_proc -> tollgate (JSON
-#     and SSE, fixed rate and maximum, time to the first streamed byte);
+#     and SSE, fixed rate and maximum, time to the first streamed byte), and
+#     with ext_proc -> a server that does nothing (tollgate-load
+#     null-ext-proc), the floor under tollgate's ext_proc figures;
 #   * the Criterion benches (rls/benches/decide.rs, filters/benches).
 # Results: target/bench/<time>/results.jsonl (one JSON line per scenario,
 # with the CPU time each process spent) and report.md, which
@@ -326,6 +328,26 @@ for store in memory redis; do
   stop "$envoy_pid"
   stop "$tollgate_pid"
 done
+
+# The floor under the ext_proc figures: the same Envoy listener in front of
+# an ext_proc server that answers every message at once and does nothing
+# (`tollgate-load null-ext-proc`). Envoy + it is what any ext_proc service
+# costs here; tollgate's figures above it are tollgate's own work.
+null_port=$(free_port)
+"$load" null-ext-proc --listen "127.0.0.1:$null_port" >"$work/null-ext-proc.log" 2>&1 &
+null_pid=$!; pids+=("$null_pid")
+wait_for null-ext-proc bash -c "exec 3<>/dev/tcp/127.0.0.1/$null_port"
+tollgate_port=$null_port
+start_envoy null
+for kind in json sse; do
+  args=("${chat[@]}"); [ "$kind" = sse ] && args=("${stream[@]}")
+  run "llm-$kind-null-500" "$G_LLM" "${kind^^} chat completion, Envoy + null ext_proc server (no tollgate), 500 req/s" \
+    "tollgate-load http -c 64 -r 500" "null=$null_pid envoy=$envoy_pid mock=$llm_pid" -- \
+    http_load --url "http://127.0.0.1:$llm_ext_port/v1/chat/completions" \
+    --concurrency 64 --rate 500 "${args[@]}"
+done
+stop "$envoy_pid"
+stop "$null_pid"
 
 # --- Criterion -------------------------------------------------------------
 crit=()

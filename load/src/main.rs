@@ -3,7 +3,9 @@
 //! * `grpc`: `ShouldRateLimit` calls straight to tollgate (`grpc.rs`);
 //! * `http`: HTTP/1.1 through Envoy, optionally timing the first streamed
 //!   byte (`http.rs`);
-//! * `report`: the markdown tables from the collected results (`report.rs`).
+//! * `report`: the markdown tables from the collected results (`report.rs`);
+//! * `null-ext-proc`: an ext_proc server that does nothing, the baseline
+//!   under tollgate's ext_proc figures (`null_ext_proc.rs`).
 //!
 //! `grpc` and `http` run at the maximum rate or on a fixed schedule
 //! (`pace.rs`, free of coordinated omission) and print throughput and
@@ -14,6 +16,7 @@
 
 mod grpc;
 mod http;
+mod null_ext_proc;
 mod pace;
 mod report;
 mod stats;
@@ -48,6 +51,9 @@ enum Command {
     },
     /// Markdown tables from `scripts/bench.sh`'s results.
     Report(report::ReportArgs),
+    /// An ext_proc server that answers every message at once and does
+    /// nothing else: the baseline under tollgate's ext_proc figures.
+    NullExtProc(null_ext_proc::NullArgs),
 }
 
 /// How hard and how long, for every kind of load.
@@ -76,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (run, pace, tally) = match &cli.command {
         Command::Report(args) => return report::run(args),
+        Command::NullExtProc(args) => return null_ext_proc::serve(args).await,
         Command::Grpc { run, grpc } => {
             let pace = Pace::new(run.rate, run.warmup, run.duration);
             let tally = grpc::run(grpc, run.concurrency, &pace).await?;

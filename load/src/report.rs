@@ -309,6 +309,62 @@ fn targets(out: &mut String, rows: &[Row]) {
         num(ratio("grpc-redis-max", "redis-benchmark"), 2)
     );
     out.push('\n');
+    ext_proc_split(out, rows);
+}
+
+/// The ext_proc latency targets split in two with the null server's runs:
+/// what any ext_proc service costs on this Envoy configuration, and what
+/// tollgate's own work adds on top.
+fn ext_proc_split(out: &mut String, rows: &[Row]) {
+    let get = |id: &str| rows.iter().find(|r| r.id == id);
+    if get("llm-json-null-500").is_none() {
+        return;
+    }
+    let lat = |a: &str, b: &str, p: &str| Some(get(a)?.latency(p)? - get(b)?.latency(p)?);
+    let fb = |a: &str, b: &str, p: &str| Some(get(a)?.first_byte(p)? - get(b)?.first_byte(p)?);
+    let _ = writeln!(
+        out,
+        "#### Where ext_proc's added latency goes, 500 req/s
+"
+    );
+    let _ = writeln!(out, "| added | p50 ms | p99 ms |");
+    let _ = writeln!(out, "|---|--:|--:|");
+    type Diff<'a> = &'a dyn Fn(&str, &str, &str) -> Option<f64>;
+    let lines: [(&str, Diff, &str, &str); 4] = [
+        (
+            "JSON: Envoy's ext_proc with a server that does nothing (null server − Envoy alone)",
+            &lat,
+            "llm-json-null-500",
+            "llm-json-alone-500",
+        ),
+        (
+            "JSON: tollgate's own work (tollgate − null server)",
+            &lat,
+            "llm-json-ext-proc-500",
+            "llm-json-null-500",
+        ),
+        (
+            "SSE first byte: null server − Envoy alone",
+            &fb,
+            "llm-sse-null-500",
+            "llm-sse-alone-500",
+        ),
+        (
+            "SSE first byte: tollgate − null server",
+            &fb,
+            "llm-sse-ext-proc-500",
+            "llm-sse-null-500",
+        ),
+    ];
+    for (name, diff, a, b) in lines {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} |",
+            num(diff(a, b, "p50"), 3),
+            num(diff(a, b, "p99"), 3)
+        );
+    }
+    out.push('\n');
 }
 
 /// Criterion's mean time per iteration and throughput, per benchmark.
@@ -412,5 +468,39 @@ mod tests {
         assert!(out.contains("tollgate 100"), "100 µs per request: {out}");
         assert!(out.contains("| 0.80 | ≥ 0.75 | yes |"), "{out}");
         assert!(out.contains("| not run |"), "{out}");
+        assert!(
+            !out.contains("Where ext_proc's"),
+            "no null-server runs, no split: {out}"
+        );
+    }
+
+    #[test]
+    fn ext_proc_latency_is_split_at_the_null_server() {
+        let line = |id: &str, p50: f64| {
+            format!(
+                r#"{{"id":"{id}","group":"g","title":"{id}","load":"l","cpu":{{}},"result":{{"requests_per_second":500.0,"latency_ms":{{"p50":{p50},"p99":{p50}}},"sent_total":10}}}}"#
+            )
+        };
+        let lines = [
+            line("llm-json-alone-500", 2.0),
+            line("llm-json-null-500", 2.25),
+            line("llm-json-ext-proc-500", 2.5),
+        ]
+        .join("\n");
+        let rows = parse(&lines).unwrap();
+        let mut out = String::new();
+        targets(&mut out, &rows);
+        assert!(
+            out.contains("(null server − Envoy alone) | 0.250 | 0.250 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("(tollgate − null server) | 0.250 | 0.250 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| SSE first byte: null server − Envoy alone | – | – |"),
+            "{out}"
+        );
     }
 }

@@ -29,6 +29,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use axum::serve::ListenerExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,8 +117,15 @@ impl MockLlm {
                     .build()
                     .expect("mock runtime");
                 rt.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("mock listener");
+                    // TCP_NODELAY, as a provider's streaming server sets it:
+                    // without it, Nagle holds each small SSE event until
+                    // Envoy's delayed ACK (~40 ms) on a reused connection,
+                    // and every event of a stream arrives at once.
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("mock listener")
+                        .tap_io(|tcp| {
+                            let _ = tcp.set_nodelay(true);
+                        });
                     let app = Router::new().fallback(handle).with_state(state);
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
