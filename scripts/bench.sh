@@ -232,6 +232,17 @@ chat=(--body-file scripts/bench/chat.json --tenant-header x-tenant)
 stream=(--body-file scripts/bench/chat-stream.json --tenant-header x-tenant
   -H "x-mock-chunks: 10" -H "x-mock-chunk-delay-ms: 2" --first-byte)
 
+# llm_500 ID json|sse TITLE WATCH PORT: chat completions at 500 req/s
+# through the Envoy listener on PORT.
+llm_500() {
+  local id="$1" kind="$2" title="$3" watch="$4" port="$5" args=("${chat[@]}")
+  [ "$kind" = sse ] && args=("${stream[@]}")
+  run "$id" "$G_LLM" "${kind^^} chat completion, $title, 500 req/s" \
+    "tollgate-load http -c 64 -r 500" "$watch" -- \
+    http_load --url "http://127.0.0.1:$port/v1/chat/completions" \
+    --concurrency 64 --rate 500 "${args[@]}"
+}
+
 # redis-benchmark: the exact script tollgate sends (common.lua + take.lua),
 # one fixed-window counter per call over 10,000 keys, same concurrency.
 sha=$(redis-cli -p "$redis_port" SCRIPT LOAD "$(cat lua/common.lua lua/take.lua)")
@@ -301,15 +312,10 @@ for store in memory redis; do
   llm_watch="$watch mock=$llm_pid"
   if [ "$store" = memory ]; then
     for kind in json sse; do
-      args=("${chat[@]}"); [ "$kind" = sse ] && args=("${stream[@]}")
-      run "llm-$kind-alone-500" "$G_LLM" "${kind^^} chat completion, Envoy alone, 500 req/s" \
-        "tollgate-load http -c 64 -r 500" "envoy=$envoy_pid mock=$llm_pid" -- \
-        http_load --url "http://127.0.0.1:$llm_alone_port/v1/chat/completions" \
-        --concurrency 64 --rate 500 "${args[@]}"
-      run "llm-$kind-ext-proc-500" "$G_LLM" "${kind^^} chat completion, Envoy + ext_proc (memory), 500 req/s" \
-        "tollgate-load http -c 64 -r 500" "$llm_watch" -- \
-        http_load --url "http://127.0.0.1:$llm_ext_port/v1/chat/completions" \
-        --concurrency 64 --rate 500 "${args[@]}"
+      llm_500 "llm-$kind-alone-500" "$kind" "Envoy alone" \
+        "envoy=$envoy_pid mock=$llm_pid" "$llm_alone_port"
+      llm_500 "llm-$kind-ext-proc-500" "$kind" "Envoy + ext_proc (memory)" \
+        "$llm_watch" "$llm_ext_port"
     done
     run llm-json-alone-max "$G_LLM" "JSON chat completion, Envoy alone, maximum" \
       "tollgate-load http -c $conc" "envoy=$envoy_pid mock=$llm_pid" -- \
@@ -340,11 +346,8 @@ wait_for null-ext-proc bash -c "exec 3<>/dev/tcp/127.0.0.1/$null_port"
 tollgate_port=$null_port
 start_envoy null
 for kind in json sse; do
-  args=("${chat[@]}"); [ "$kind" = sse ] && args=("${stream[@]}")
-  run "llm-$kind-null-500" "$G_LLM" "${kind^^} chat completion, Envoy + null ext_proc server (no tollgate), 500 req/s" \
-    "tollgate-load http -c 64 -r 500" "null=$null_pid envoy=$envoy_pid mock=$llm_pid" -- \
-    http_load --url "http://127.0.0.1:$llm_ext_port/v1/chat/completions" \
-    --concurrency 64 --rate 500 "${args[@]}"
+  llm_500 "llm-$kind-null-500" "$kind" "Envoy + null ext_proc server (no tollgate)" \
+    "null=$null_pid envoy=$envoy_pid mock=$llm_pid" "$llm_ext_port"
 done
 stop "$envoy_pid"
 stop "$null_pid"
