@@ -5,7 +5,7 @@
 //! rewritten, and leave the line without a trace when their client goes.
 
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_testkit::{avoid_window_edge, Envoy, MockLlm, Tollgate};
 
 const CONFIG: &str = r#"
@@ -53,6 +53,14 @@ priority = 1
 name = "impatient"
 match = { tenant = "impatient" }
 max_concurrent = 1
+
+# One request a minute; "auto" waits for the next window when it is
+# within max_wait_cap (30 s by default).
+[[quota]]
+name = "per-minute"
+match = { tenant = "minute" }
+requests_per_minute = 1
+max_wait = "auto"
 
 [[quota]]
 name = "big"
@@ -211,6 +219,57 @@ async fn queued_requests_go_upstream_in_arrival_order_each_woken_by_the_last_com
     assert_eq!(
         metric(&m, "tollgate_llm_wait_seconds_count{outcome=\"admitted\"}"),
         3.0
+    );
+}
+
+/// Time left in the current UTC minute (fixed windows are aligned to the
+/// epoch).
+fn left_in_minute() -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    Duration::from_secs(60) - Duration::from_nanos((now.as_nanos() % 60_000_000_000) as u64)
+}
+
+#[tokio::test]
+async fn a_queued_request_is_admitted_right_after_the_window_resets() {
+    // Start 3 to 25 s before a minute ends: A and B fall in one window, and
+    // B's wait for the next one stays within max_wait_cap (30 s).
+    loop {
+        let left = left_in_minute();
+        if left < Duration::from_secs(3) {
+            tokio::time::sleep(left + Duration::from_millis(500)).await;
+        } else if left > Duration::from_secs(25) {
+            tokio::time::sleep(left - Duration::from_secs(22)).await;
+        } else {
+            break;
+        }
+    }
+    let s = stack();
+    let c = client();
+    let a = chat(&c, &s.url, "minute", "A", 0).send().await.unwrap();
+    assert_eq!(a.status(), 200, "{}", s.tollgate.log_text());
+    // The minute's one request is spent: B waits for the next window.
+    let reset = Instant::now() + left_in_minute();
+    let b = chat(&c, &s.url, "minute", "B", 0).send().await.unwrap();
+    assert_eq!(b.status(), 200, "{}", s.tollgate.log_text());
+    assert!(header(&b, "x-tollgate-waited-ms").is_some(), "B waited");
+    let seen = arrivals(&s.upstream);
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["A", "B"]);
+    let arrived = seen[1].1;
+    // Not before the window resets (a few ms of slack: the test's and
+    // tollgate's clocks are read at different instants), and right after.
+    assert!(
+        arrived + Duration::from_millis(20) >= reset,
+        "B went upstream {:?} before the reset",
+        reset - arrived
+    );
+    let after = arrived.saturating_duration_since(reset);
+    eprintln!("B went upstream {after:?} after the window reset");
+    assert!(
+        after < Duration::from_millis(250),
+        "B went upstream {after:?} after the window reset"
     );
 }
 
