@@ -11,12 +11,10 @@ rounds="${1:-3}"
 
 cargo build --release -q -p tollgate -p tollgate-load -p tollgate-testkit
 work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source scripts/lib.sh
+trap 'stop_started; rm -rf "$work"' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(port); grpc=$(port); admin=$(port); lean=$(port); send=$(port)
+up=$(free_port); grpc=$(free_port); admin=$(free_port); lean=$(free_port); send=$(free_port)
 printf '[server]\ngrpc_listen = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n[llm]\nestimator = "bytes"\n[[quota]]\nname = "q"\nmatch = { tenant = "*" }\ntokens_per_minute = 1000000000\n' \
   "$grpc" "$admin" >"$work/tollgate.toml"
 target/release/tollgate serve --config "$work/tollgate.toml" 2>"$work/tollgate.log" & pids+=($!)

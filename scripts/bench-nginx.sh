@@ -13,12 +13,10 @@ cargo build --release -q -p tollgate
 bin="$repo/target/release/tollgate"
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source scripts/lib.sh
+trap 'stop_started; rm -rf "$work"' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-grpc=$(port); admin=$(port); upstream=$(port); with=$(port); without=$(port)
+grpc=$(free_port); admin=$(free_port); upstream=$(free_port); with=$(free_port); without=$(free_port)
 
 cat >"$work/tollgate.toml" <<EOF
 [server]

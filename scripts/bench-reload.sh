@@ -13,14 +13,12 @@ rules="${1:-10000}"
 cargo build --release -q -p tollgate
 bin="$repo/target/release/tollgate"
 work="$(mktemp -d)"
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+source scripts/lib.sh
+trap 'stop_started; rm -rf "$work"' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 header="[server]
-grpc_listen = \"127.0.0.1:$(port)\"
-admin_listen = \"127.0.0.1:$(port)\"
+grpc_listen = \"127.0.0.1:$(free_port)\"
+admin_listen = \"127.0.0.1:$(free_port)\"
 "
 printf '%s\n[[rule]]\ndomain = "d0"\nmatch = ["tenant=t0"]\nlimit = { requests = 10, per = "minute" }\n' \
   "$header" >"$work/tollgate.toml"
@@ -35,7 +33,7 @@ with open(path, "w") as f:
 EOF
 
 "$bin" serve --config "$work/tollgate.toml" 2>"$work/log" &
-pid=$!
+pid=$!; pids+=("$pid")
 for _ in $(seq 50); do grep -q "tollgate listening" "$work/log" && break; sleep 0.1; done
 cp "$work/big.toml" "$work/tollgate.toml.new"
 mv "$work/tollgate.toml.new" "$work/tollgate.toml"

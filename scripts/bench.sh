@@ -65,23 +65,9 @@ results="$work/results.jsonl"
 echo "bench: results in $work"
 
 # --- processes -----------------------------------------------------------
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Waits until a command succeeds (10 s at most).
-wait_for() {
-  local what="$1"; shift
-  for _ in $(seq 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "bench: $what did not start" >&2; exit 1
-}
+# free_port, wait_for, pids and stop_started.
+source scripts/lib.sh
+trap stop_started EXIT
 
 # CPU seconds (user + system) a process has used so far.
 cpu_of() {

@@ -42,26 +42,18 @@ load="$repo/target/release/tollgate-load"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-instructions.XXXXXX")"
 echo "instructions: files in $work" >&2
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-wait_for() {
-  for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "instructions: timed out waiting for $*" >&2; exit 1
-}
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# free_port, wait_for, pids and stop_started; tollgate under valgrind
+# starts slowly, so waits last up to 30 s.
+source scripts/lib.sh
+trap stop_started EXIT
+WAIT_SECONDS=30
 
 store_toml='kind = "memory"'
 if [ "$store" = redis ]; then
   redis_port=$(free_port)
   redis-server --port "$redis_port" --save '' --appendonly no >"$work/redis.log" 2>&1 &
   pids+=($!)
-  wait_for redis-cli -p "$redis_port" ping
+  wait_for redis-server redis-cli -p "$redis_port" ping
   store_toml="kind = \"redis\"
 url = \"redis://127.0.0.1:$redis_port\"
 timeout = \"2s\""
@@ -88,7 +80,7 @@ else
     "${serve[@]}" >"$work/tollgate.log" 2>&1 &
 fi
 tracer=$!; pids+=("$tracer")
-wait_for test -s "$work/ready.json"
+wait_for tollgate test -s "$work/ready.json"
 target="http://127.0.0.1:$(sed -E 's/.*"grpc":"[^"]*:([0-9]+)".*/\1/' "$work/ready.json")"
 grpc() { "$load" grpc --target "$target" --concurrency 32 --keys 10000 --warmup 0s "$@"; }
 
