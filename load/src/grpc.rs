@@ -105,11 +105,7 @@ pub async fn run(args: &GrpcArgs, concurrency: usize, pace: &Pace) -> anyhow::Re
             pace.clone(),
         )));
     }
-    let mut all = Tally::new();
-    for t in tasks {
-        all.merge(&t.await?);
-    }
-    Ok(all)
+    Tally::gather(tasks).await
 }
 
 async fn worker(

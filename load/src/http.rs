@@ -131,11 +131,7 @@ pub async fn run(args: &HttpArgs, concurrency: usize, pace: &Pace) -> anyhow::Re
             pace.clone(),
         )));
     }
-    let mut all = Tally::new();
-    for t in tasks {
-        all.merge(&t.await?);
-    }
-    Ok(all)
+    Tally::gather(tasks).await
 }
 
 async fn connect(addr: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {

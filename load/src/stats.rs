@@ -75,6 +75,16 @@ impl Tally {
         self.sent_total += other.sent_total;
     }
 
+    /// The workers' tallies, merged once each has finished: one set of
+    /// figures per run, whatever the number of connections.
+    pub async fn gather(workers: Vec<tokio::task::JoinHandle<Tally>>) -> anyhow::Result<Tally> {
+        let mut all = Tally::new();
+        for w in workers {
+            all.merge(&w.await?);
+        }
+        Ok(all)
+    }
+
     pub fn measured(&self) -> u64 {
         self.ok + self.denied + self.errors
     }
