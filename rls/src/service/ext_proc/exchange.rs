@@ -385,17 +385,13 @@ impl Exchange {
                 self.app.metrics.quota_tokens(&t.quota, "reserved", t.cost);
             }
         }
+        let reservation_id = reservation.id.clone();
         self.reservation = Some(reservation);
         self.budget = headers;
         let mut fields = vec![
             (
                 "reservation_id".to_string(),
-                Kind::StringValue(
-                    self.reservation
-                        .as_ref()
-                        .map(|r| r.id.clone())
-                        .unwrap_or_default(),
-                ),
+                Kind::StringValue(reservation_id),
             ),
             ("model".to_string(), Kind::StringValue(model.clone())),
             (
