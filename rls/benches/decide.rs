@@ -133,7 +133,7 @@ fn decide_on(c: &mut Criterion, name: &str, store: Arc<dyn Store>, rt: &tokio::r
             i = (i + 1) % checks.len();
             let check = &checks[i];
             let (engine, rules) = (&engine, &rules);
-            async move { black_box(engine.decide(rules, check).await) }
+            async move { black_box(engine.limits.decide(rules, check).await) }
         })
     });
     g.finish();
@@ -191,7 +191,7 @@ fn handler(c: &mut Criterion) {
             let (engine, rules) = (&engine, &rules);
             async move {
                 let check = check_from_proto(req).unwrap_or_else(|e| panic!("{e}"));
-                let decision = engine.decide(rules, &check).await;
+                let decision = engine.limits.decide(rules, &check).await;
                 black_box(response_from(&decision))
             }
         })

@@ -27,12 +27,15 @@
 
 pub mod admin;
 pub mod app;
+pub mod background;
 pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod reload;
+pub mod repeated;
 pub mod rules;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod watch;

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub llm_waiting: IntGauge,
     llm_wait_seconds: HistogramVec,
     llm_fallbacks: IntCounterVec,
+    internal_errors: IntCounterVec,
     detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
     /// Per (domain, rule): total, within, near, over, shadow.
     rule_children: PairCache<IntCounter, 5>,
@@ -151,6 +152,12 @@ impl Metrics {
                 "tollgate_llm_fallbacks_total",
                 "LLM requests sent to a fallback model, by configured model names.",
                 &["from", "to"],
+            ),
+            internal_errors: counter(
+                r,
+                "tollgate_internal_errors_total",
+                "Failures inside tollgate that are not the store's or the client's (a reservation record that cannot be written or read back, a parser that failed), by what failed.",
+                &["what"],
             ),
             llm_requests: counter(
                 r,
@@ -387,6 +394,11 @@ impl Metrics {
     /// A request moved from one configured model to its fallback.
     pub fn llm_fallback(&self, from: &str, to: &str) {
         self.llm_fallbacks.with_label_values(&[from, to]).inc();
+    }
+
+    /// Counts a failure inside tollgate; `what` is a fixed label.
+    pub fn internal_error(&self, what: &str) {
+        self.internal_errors.with_label_values(&[what]).inc();
     }
 
     /// Marks `version` as the config in force.

@@ -1,11 +1,14 @@
-//! Wiring: build the store and engine, bind both listeners, serve until a
-//! signal, then drain within the grace period.
+//! Wiring: build the store and engine, bind both listeners, start the
+//! background work, serve until a signal, then cancel and drain within the
+//! grace period.
 
 use crate::admin;
 use crate::app::App;
+use crate::background::Background;
 use crate::config::{Config, StoreKind};
 use crate::engine::{Clock, Engine};
 use crate::metrics::Metrics;
+use crate::rules::Estimator;
 use crate::service::{ExtProcGrpc, RateLimitGrpc};
 use crate::store::{Breaker, Health, MemoryStore, RedisStore, Store};
 use crate::tls::ServerTls;
@@ -18,9 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 /// Options that come from the command line, not the config file.
 #[derive(Debug, Default)]
@@ -32,7 +35,9 @@ pub struct RunOptions {
     pub ready_file: Option<PathBuf>,
 }
 
-/// Runs tollgate until SIGINT or SIGTERM.
+/// Runs tollgate until SIGINT or SIGTERM: build, spawn the background
+/// work, serve, and on the signal cancel everything and drain within the
+/// grace period.
 pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
     let metrics = Arc::new(Metrics::default());
@@ -42,26 +47,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let (store, memory, health) = build_store(&config)?;
-    let engine =
-        Engine::new(store.clone(), metrics.clone()).with_failure_policy(config.store.on_error, 1.0);
+    let built = build_store(&config)?;
+    let engine = Engine::new(built.store.clone(), metrics.clone())
+        .with_failure_policy(config.store.on_error, LOCAL_SHARE);
     let server = config.server.clone();
-    let app = App::new(config, engine.clone(), metrics.clone(), health.clone());
-    if let Some(health) = health {
-        spawn_prober(store.clone(), health, metrics);
-    }
-    if let Some(path) = &options.config_path {
-        crate::reload::spawn(app.clone(), path.clone());
-    }
-    engine.spawn_freed_listener();
-    if app.config.load().llm.settings.estimator == "bpe" {
-        // The tokenizer's tables load on first use; load them now, off the
-        // reactor, so the first LLM requests do not wait for them.
-        tokio::task::spawn_blocking(tollgate_filters::Estimator::warm_up);
-    }
-    let mut sweep = vec![engine.local_store().clone()];
-    sweep.extend(memory);
-    spawn_sweeper(sweep, engine.clone());
+    let app = App::new(config, engine, metrics.clone(), built.health.clone());
 
     let grpc = TcpListener::bind(server.grpc_listen)
         .await
@@ -71,12 +61,91 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind admin_listen {}", server.admin_listen))?;
     let grpc_addr = grpc.local_addr()?;
     let admin_addr = admin.local_addr()?;
+
+    let background = Background::new();
+    spawn_background(&background, &app, &options, built, grpc_tls.as_ref());
     tracing::info!(%grpc_addr, %admin_addr, version = %app.config.load().version, "tollgate listening");
     if let Some(path) = &options.ready_file {
         write_ready_file(path, grpc_addr, admin_addr)?;
     }
+    let stop = background.token();
+    let grpc_task = tokio::spawn(serve_grpc(app.clone(), grpc, grpc_tls, stop.clone()));
+    let admin_task = tokio::spawn(
+        axum::serve(admin, admin::router(app.clone()))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .into_future(),
+    );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    shutdown_signal().await;
+    tracing::info!(grace = ?server.shutdown_grace, "shutting down: no new connections, draining");
+    let drained = tokio::time::timeout(server.shutdown_grace, async {
+        // Cancels the listeners and the background work alike.
+        let background_done = background.stop(server.shutdown_grace).await;
+        let _ = grpc_task.await;
+        let _ = admin_task.await;
+        background_done
+    })
+    .await;
+    match drained {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            running = background.running(),
+            "background tasks still running at exit"
+        ),
+        Err(_) => tracing::warn!("grace period over; exiting with requests in flight"),
+    }
+    Ok(())
+}
+
+/// The work beside the listeners, all stopped by `background`'s token: the
+/// store prober, the file watchers, the freed-capacity listener, the
+/// sweeper.
+fn spawn_background(
+    background: &Background,
+    app: &Arc<App>,
+    options: &RunOptions,
+    built: Built,
+    grpc_tls: Option<&Arc<ServerTls>>,
+) {
+    let Built {
+        store,
+        memory,
+        health,
+    } = built;
+    let metrics = app.metrics.clone();
+    if let Some(health) = health {
+        background.spawn("store prober", |cancel| {
+            probe_store(store, health, metrics, cancel)
+        });
+    }
+    if let Some(path) = &options.config_path {
+        crate::reload::spawn(background, app.clone(), path.clone());
+    }
+    if let Some(tls) = grpc_tls {
+        crate::tls::spawn_watcher(background, tls.clone());
+    }
+    let budgets = app.engine.budgets.clone();
+    background.spawn("freed capacity listener", |cancel| async move {
+        budgets.wake_on_freed_elsewhere(cancel).await
+    });
+    let mut sweep = vec![app.engine.local_store().clone()];
+    sweep.extend(memory);
+    let engine = app.engine.clone();
+    background.spawn("sweeper", |cancel| sweep_expired(sweep, engine, cancel));
+    if app.config.load().llm.settings.estimator == Estimator::Bpe {
+        // The tokenizer's tables load on first use; load them now, off the
+        // reactor, so the first LLM requests do not wait for them.
+        tokio::task::spawn_blocking(tollgate_filters::Estimator::warm_up);
+    }
+}
+
+/// Serves the gRPC services (RLS, ext_proc, health) until `stop` fires.
+async fn serve_grpc(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RateLimitServiceServer<RateLimitGrpc>>()
@@ -84,20 +153,18 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     health
         .set_serving::<ExternalProcessorServer<ExtProcGrpc>>()
         .await;
-
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(app.clone())))
-        .add_service(ExternalProcessorServer::new(ExtProcGrpc::new(app.clone())));
-    let grpc_task = match grpc_tls {
+        .add_service(ExternalProcessorServer::new(ExtProcGrpc::new(app)));
+    match tls {
         Some(tls) => {
-            crate::tls::spawn_watcher(tls.clone());
-            tokio::spawn(
-                router.serve_with_incoming_shutdown(tls.incoming(grpc), stopped(stop_rx.clone())),
-            )
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), stop.cancelled_owned())
+                .await
         }
         None => {
-            let incoming = TcpListenerStream::new(grpc).map(|conn| {
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
                 // Envoy sends small messages on long-lived HTTP/2
                 // connections; Nagle would add up to 40 ms to each.
                 if let Ok(c) = &conn {
@@ -105,42 +172,30 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 }
                 conn
             });
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())))
+            router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
         }
-    };
-    let admin_task = tokio::spawn(
-        axum::serve(admin, admin::router(app.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
-
-    shutdown_signal().await;
-    tracing::info!(grace = ?server.shutdown_grace, "shutting down: no new connections, draining");
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(server.shutdown_grace, async {
-        let _ = grpc_task.await;
-        let _ = admin_task.await;
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("grace period over; exiting with requests in flight");
     }
-    Ok(())
 }
 
 /// The configured store; the same store as a `MemoryStore` when it is one
 /// (the sweeper needs the concrete type); and a shared store's breaker.
-type Built = (
-    Arc<dyn Store>,
-    Option<Arc<MemoryStore>>,
-    Option<Arc<Health>>,
-);
+struct Built {
+    store: Arc<dyn Store>,
+    memory: Option<Arc<MemoryStore>>,
+    health: Option<Arc<Health>>,
+}
 
 fn build_store(config: &Config) -> anyhow::Result<Built> {
     Ok(match config.store.kind {
         StoreKind::Memory => {
             let memory = Arc::new(MemoryStore::new());
-            (memory.clone(), Some(memory), None)
+            Built {
+                store: memory.clone(),
+                memory: Some(memory),
+                health: None,
+            }
         }
         StoreKind::Redis => {
             // Connects lazily: tollgate starts and answers by `on_error`
@@ -156,7 +211,11 @@ fn build_store(config: &Config) -> anyhow::Result<Built> {
             .context("bad store.url")?;
             let health = Arc::new(Health::new(BREAKER_COOLDOWN));
             let store = Arc::new(Breaker::new(Arc::new(redis), health.clone()));
-            (store, None, Some(health))
+            Built {
+                store,
+                memory: None,
+                health: Some(health),
+            }
         }
     })
 }
@@ -167,37 +226,49 @@ const SHARES_IDLE_MS: u64 = 600_000;
 /// How long an open breaker waits before its next probe.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 
+/// Each instance's share of a `local` rule's limit while the store is
+/// down. 1.0 (the whole limit in every instance) until instances know how
+/// many they are; docs/operations.md says so.
+const LOCAL_SHARE: f64 = 1.0;
+
 /// Pings the shared store once a second: finds a dead store without
 /// traffic (so `/readyz` turns 503), and probes an open breaker closed.
-fn spawn_prober(store: Arc<dyn Store>, health: Arc<Health>, metrics: Arc<Metrics>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = store.ping().await {
-                tracing::debug!(error = %e, "store ping failed");
-            }
-            metrics.store_up.set(i64::from(health.is_closed()));
+async fn probe_store(
+    store: Arc<dyn Store>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
         }
-    });
+        if let Err(e) = store.ping().await {
+            tracing::debug!(error = %e, "store ping failed");
+        }
+        metrics.store_up.set(i64::from(health.is_closed()));
+    }
 }
 
 /// Drops expired counters from the in-memory maps once a second, and class
 /// shares of budgets idle for ten minutes.
-fn spawn_sweeper(stores: Vec<Arc<MemoryStore>>, engine: Engine) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tick.tick().await;
-            let now = Clock::System.now_ms();
-            for store in &stores {
-                store.sweep(now);
-            }
-            engine.shares().sweep(now, SHARES_IDLE_MS);
+async fn sweep_expired(stores: Vec<Arc<MemoryStore>>, engine: Engine, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
         }
-    });
+        let now = Clock::System.now_ms();
+        for store in &stores {
+            store.sweep(now);
+        }
+        engine.budgets.shares().sweep(now, SHARES_IDLE_MS);
+    }
 }
 
 fn write_ready_file(path: &PathBuf, grpc: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
@@ -208,10 +279,6 @@ fn write_ready_file(path: &PathBuf, grpc: SocketAddr, admin: SocketAddr) -> anyh
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {

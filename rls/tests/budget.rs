@@ -66,6 +66,7 @@ impl Harness {
             cached: 0,
         };
         self.engine
+            .budgets
             .reserve(&self.llm, &id, estimate, Duration::from_secs(600))
             .await
     }
@@ -119,8 +120,18 @@ async fn refunds_readmit_what_the_estimate_held(h: &Harness) {
         completion: 50,
         cached: 0,
     };
-    assert!(h.engine.settle(&a, Settlement::Usage(used)).await.unwrap());
-    assert!(h.engine.settle(&b, Settlement::Usage(used)).await.unwrap());
+    assert!(h
+        .engine
+        .budgets
+        .settle(&a, Settlement::Usage(used))
+        .await
+        .unwrap());
+    assert!(h
+        .engine
+        .budgets
+        .settle(&b, Settlement::Usage(used))
+        .await
+        .unwrap());
     // 1000 - 300 = 700 left: one more 500, not two.
     admitted(h.reserve("acme", 100, 400).await);
     assert!(matches!(
@@ -136,9 +147,18 @@ async fn overage_is_charged_and_settle_is_idempotent(h: &Harness) {
         completion: 600,
         cached: 0,
     };
-    assert!(h.engine.settle(&r, Settlement::Usage(used)).await.unwrap());
+    assert!(h
+        .engine
+        .budgets
+        .settle(&r, Settlement::Usage(used))
+        .await
+        .unwrap());
     assert!(
-        !h.engine.settle(&r, Settlement::Usage(used)).await.unwrap(),
+        !h.engine
+            .budgets
+            .settle(&r, Settlement::Usage(used))
+            .await
+            .unwrap(),
         "twice changes nothing"
     );
     // 700 used of 1000: a 400 estimate no longer fits, a 300 one does.
@@ -162,6 +182,7 @@ async fn concurrency_slots_free_on_settle(h: &Harness) {
         cached: 0,
     };
     h.engine
+        .budgets
         .settle(&a, Settlement::Assumed(same))
         .await
         .unwrap();
@@ -177,6 +198,7 @@ async fn a_denial_takes_nothing(h: &Harness) {
     ));
     assert!(h
         .engine
+        .budgets
         .settle(
             &r,
             Settlement::Usage(Tokens {

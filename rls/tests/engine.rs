@@ -95,7 +95,7 @@ impl Harness {
             descriptors: descriptors.iter().map(|d| desc(d)).collect(),
             hits: 1,
         };
-        self.engine.decide(&self.rules, &check).await
+        self.engine.limits.decide(&self.rules, &check).await
     }
 
     async fn allowed(&self, domain: &str, descriptors: &[&[(&str, &str)]]) -> bool {
@@ -241,17 +241,17 @@ async fn hits_addend_zero_checks_and_negative_hits_refund(h: &Harness) {
         hits: 1,
     };
     for _ in 0..3 {
-        let d = h.engine.decide(&h.rules, &ask(Some(0), false)).await;
+        let d = h.engine.limits.decide(&h.rules, &ask(Some(0), false)).await;
         assert_eq!(d.code, Code::Ok);
         assert_eq!(
             d.descriptors[0].remaining, 3,
             "a zero-cost check takes nothing"
         );
     }
-    let d = h.engine.decide(&h.rules, &ask(Some(3), false)).await;
+    let d = h.engine.limits.decide(&h.rules, &ask(Some(3), false)).await;
     assert_eq!(d.descriptors[0].remaining, 0);
     assert!(!h.allowed("edge", &[&[("tenant", "z")]]).await);
-    let d = h.engine.decide(&h.rules, &ask(Some(2), true)).await;
+    let d = h.engine.limits.decide(&h.rules, &ask(Some(2), true)).await;
     assert_eq!(d.code, Code::Ok);
     assert_eq!(d.descriptors[0].remaining, 2, "negative hits give back");
     assert!(h.allowed("edge", &[&[("tenant", "z")]]).await);
@@ -263,14 +263,20 @@ async fn tokens_as_hits_addend(h: &Harness) {
         descriptors: vec![desc(&[("tenant", "t")])],
         hits,
     };
-    assert_eq!(h.engine.decide(&h.rules, &check(700)).await.code, Code::Ok);
-    let d = h.engine.decide(&h.rules, &check(400)).await;
+    assert_eq!(
+        h.engine.limits.decide(&h.rules, &check(700)).await.code,
+        Code::Ok
+    );
+    let d = h.engine.limits.decide(&h.rules, &check(400)).await;
     assert_eq!(d.code, Code::OverLimit);
     assert_eq!(d.descriptors[0].remaining, 300);
     // 100 more tokens refill in 6 s (1000 per minute).
     assert_eq!(d.retry_after(), Duration::from_secs(6));
     h.engine.clock().advance_ms(6_000);
-    assert_eq!(h.engine.decide(&h.rules, &check(400)).await.code, Code::Ok);
+    assert_eq!(
+        h.engine.limits.decide(&h.rules, &check(400)).await.code,
+        Code::Ok
+    );
 }
 
 async fn reserve_and_reconcile_over_rls(h: &Harness) {
@@ -287,11 +293,16 @@ async fn reserve_and_reconcile_over_rls(h: &Harness) {
     };
     // Request path: the estimate (600) is taken; the request id is not a
     // separate counter, so a second 600 does not fit.
-    let d = h.engine.decide(&h.rules, &call("r1", 600, false)).await;
+    let d = h
+        .engine
+        .limits
+        .decide(&h.rules, &call("r1", 600, false))
+        .await;
     assert_eq!(d.code, Code::Ok);
     assert_eq!(d.descriptors[0].remaining, 400);
     assert_eq!(
         h.engine
+            .limits
             .decide(&h.rules, &call("r2", 600, false))
             .await
             .code,
@@ -299,22 +310,42 @@ async fn reserve_and_reconcile_over_rls(h: &Harness) {
     );
     // Stream done: 100 actually used, 500 come back.
     assert_eq!(
-        h.engine.decide(&h.rules, &call("r1", 100, true)).await.code,
+        h.engine
+            .limits
+            .decide(&h.rules, &call("r1", 100, true))
+            .await
+            .code,
         Code::Ok
     );
-    let d = h.engine.decide(&h.rules, &call("r2", 600, false)).await;
+    let d = h
+        .engine
+        .limits
+        .decide(&h.rules, &call("r2", 600, false))
+        .await;
     assert_eq!(d.code, Code::Ok, "100 + 600 fits");
     assert_eq!(d.descriptors[0].remaining, 300);
     // A repeated done call changes nothing; r2 uses 900 (overage 300).
     assert_eq!(
-        h.engine.decide(&h.rules, &call("r1", 100, true)).await.code,
+        h.engine
+            .limits
+            .decide(&h.rules, &call("r1", 100, true))
+            .await
+            .code,
         Code::Ok
     );
     assert_eq!(
-        h.engine.decide(&h.rules, &call("r2", 900, true)).await.code,
+        h.engine
+            .limits
+            .decide(&h.rules, &call("r2", 900, true))
+            .await
+            .code,
         Code::Ok
     );
-    let d = h.engine.decide(&h.rules, &call("r3", 0, false)).await;
+    let d = h
+        .engine
+        .limits
+        .decide(&h.rules, &call("r3", 0, false))
+        .await;
     assert_eq!(
         d.descriptors[0].remaining, 0,
         "100 + 900 = the whole budget"

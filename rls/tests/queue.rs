@@ -100,6 +100,7 @@ impl Harness {
         let id = Harness::id(tenant, class);
         let class = self.llm.classes.of(class, &id);
         self.engine
+            .budgets
             .reserve_or_wait(
                 WaitFor {
                     llm: &self.llm,
@@ -114,7 +115,7 @@ impl Harness {
                     latest: Instant::now() + self.llm.settings.max_wait_cap,
                 },
                 cancel,
-                || {},
+                |_| {},
             )
             .await
     }
@@ -122,6 +123,7 @@ impl Harness {
     async fn settle(&self, r: &Reservation) {
         assert!(self
             .engine
+            .budgets
             .settle(r, Settlement::Usage(r.estimate))
             .await
             .unwrap());
@@ -158,7 +160,7 @@ async fn queued_requests_are_admitted_in_arrival_order_the_moment_a_slot_frees()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     settle_down().await;
-    assert_eq!(h.engine.lines().waiting(), 3);
+    assert_eq!(h.engine.budgets.lines().waiting(), 3);
     let mut holder = first;
     for expected in 1..=3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -172,7 +174,7 @@ async fn queued_requests_are_admitted_in_arrival_order_the_moment_a_slot_frees()
         );
         holder = r;
     }
-    assert_eq!(h.engine.lines().waiting(), 0);
+    assert_eq!(h.engine.budgets.lines().waiting(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,7 +246,7 @@ async fn a_wait_ends_at_max_wait_with_a_denial() {
     let w = h.ask("slots", None, 1, &never).await;
     assert!(matches!(w, Waited::Denied { .. }), "{w:?}");
     assert_eq!(asked.elapsed(), Duration::from_secs(30), "[llm] max_wait");
-    assert_eq!(h.engine.lines().waiting(), 0);
+    assert_eq!(h.engine.budgets.lines().waiting(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -263,10 +265,10 @@ async fn a_cancelled_waiter_leaves_the_line_and_takes_nothing() {
         tokio::spawn(async move { h.ask("slots", None, 1, &c).await })
     };
     settle_down().await;
-    assert_eq!(h.engine.lines().waiting(), 2);
+    assert_eq!(h.engine.budgets.lines().waiting(), 2);
     goes_away.cancel();
     assert!(matches!(gone.await.unwrap(), Waited::Cancelled));
-    assert_eq!(h.engine.lines().waiting(), 1);
+    assert_eq!(h.engine.budgets.lines().waiting(), 1);
     h.settle(&first).await;
     let second = admitted(stays.await.unwrap());
     h.settle(&second).await;
@@ -349,7 +351,7 @@ async fn a_higher_priority_waiter_goes_first() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     settle_down().await;
-    assert_eq!(h.engine.lines().waiting(), 3);
+    assert_eq!(h.engine.budgets.lines().waiting(), 3);
     let mut seen = Vec::new();
     for _ in 0..3 {
         let r = held.remove(0);
@@ -421,6 +423,7 @@ async fn an_idle_flexible_class_lends_its_share_and_a_fixed_one_never_does() {
     );
     let ratios = h
         .engine
+        .budgets
         .shares()
         .ratios(&format!("{}:t", h.llm.quotas[0].id));
     assert!(!ratios.is_empty());
@@ -435,12 +438,20 @@ async fn an_idle_flexible_class_lends_its_share_and_a_fixed_one_never_does() {
 /// waiter on `b` asks at once instead of at its 1 s slot retry.
 async fn freed_elsewhere_wakes_here(a: Engine, b: Engine) {
     let llm = parse_str("queue.toml", CONFIG).unwrap().llm;
-    b.spawn_freed_listener();
+    {
+        let budgets = b.budgets.clone();
+        tokio::spawn(async move {
+            budgets
+                .wake_on_freed_elsewhere(CancellationToken::new())
+                .await
+        });
+    }
     // Let the subscription start.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let w = |engine: Engine, llm: Arc<LlmConfig>| async move {
         let id = Harness::id("slots", None);
         engine
+            .budgets
             .reserve_or_wait(
                 WaitFor {
                     llm: &llm,
@@ -451,16 +462,17 @@ async fn freed_elsewhere_wakes_here(a: Engine, b: Engine) {
                     latest: Instant::now() + Duration::from_secs(10),
                 },
                 &CancellationToken::new(),
-                || {},
+                |_| {},
             )
             .await
     };
     let held = admitted(w(a.clone(), llm.clone()).await);
     let waiter = tokio::spawn(w(b.clone(), llm.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.lines().waiting(), 1);
+    assert_eq!(b.budgets.lines().waiting(), 1);
     let freed = std::time::Instant::now();
     assert!(a
+        .budgets
         .settle(&held, Settlement::Usage(Tokens::default()))
         .await
         .unwrap());
@@ -471,6 +483,7 @@ async fn freed_elsewhere_wakes_here(a: Engine, b: Engine) {
         "woken by the announcement, not the 1 s slot retry: {woke:?}"
     );
     assert!(b
+        .budgets
         .settle(&r, Settlement::Usage(Tokens::default()))
         .await
         .unwrap());
@@ -533,6 +546,7 @@ async fn nothing_waits_on_a_store_that_is_down() {
     let id = Harness::id("slots", None);
     let asked = std::time::Instant::now();
     let w = e
+        .budgets
         .reserve_or_wait(
             WaitFor {
                 llm: &llm,
@@ -543,10 +557,10 @@ async fn nothing_waits_on_a_store_that_is_down() {
                 latest: Instant::now() + Duration::from_secs(120),
             },
             &CancellationToken::new(),
-            || panic!("must not wait"),
+            |_| panic!("must not wait"),
         )
         .await;
     assert!(matches!(w, Waited::Denied { .. }), "{w:?}");
     assert!(asked.elapsed() < Duration::from_secs(5));
-    assert_eq!(e.lines().waiting(), 0);
+    assert_eq!(e.budgets.lines().waiting(), 0);
 }

@@ -98,6 +98,7 @@ pub(crate) struct LlmView {
     pub unknown_model_max_output: Option<u64>,
     pub max_wait: Option<Spanned<String>>,
     pub max_wait_cap: Option<Spanned<String>>,
+    pub max_message_timeout: Option<Spanned<String>>,
     pub model_header: Option<String>,
 }
 

@@ -16,6 +16,5 @@ mod validate_tls;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, parse_str};
 pub use runtime::{
-    Config, FailurePolicy, LogFormat, ServerConfig, ServerTlsFiles, StoreConfig, StoreKind,
-    StoreTlsFiles,
+    Config, LogFormat, ServerConfig, ServerTlsFiles, StoreConfig, StoreKind, StoreTlsFiles,
 };

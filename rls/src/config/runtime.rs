@@ -1,4 +1,4 @@
-use crate::rules::{LlmConfig, RuleSet};
+use crate::rules::{FailurePolicy, LlmConfig, RuleSet};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,29 +117,6 @@ pub enum StoreKind {
     Memory,
     /// Shared by every instance; one Lua script per decision.
     Redis,
-}
-
-/// What a rule answers when the store cannot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailurePolicy {
-    /// Allow: availability over exactness.
-    FailOpen,
-    /// Deny: the budget is never exceeded.
-    FailClosed,
-    /// Enforce in this instance's memory meanwhile.
-    Local,
-}
-
-impl FailurePolicy {
-    pub fn parse(s: &str) -> Option<FailurePolicy> {
-        match s {
-            "fail_open" => Some(FailurePolicy::FailOpen),
-            "fail_closed" => Some(FailurePolicy::FailClosed),
-            "local" => Some(FailurePolicy::Local),
-            _ => None,
-        }
-    }
 }
 
 /// Serializes durations as "50ms" in `/config`.

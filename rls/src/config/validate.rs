@@ -5,11 +5,10 @@ use super::error::Source;
 use super::file::{FileView, LimitView, RuleView, ServerView, StoreView};
 use super::validate_llm;
 use super::validate_tls;
-use super::{
-    Config, ConfigError, ConfigErrors, FailurePolicy, LogFormat, ServerConfig, StoreConfig,
-    StoreKind,
+use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreConfig, StoreKind};
+use crate::rules::{
+    Algorithm, EntryPattern, FailurePolicy, Limit, LlmConfig, Period, Rule, RuleId, RuleSet,
 };
-use crate::rules::{Algorithm, EntryPattern, Limit, LlmConfig, Period, Rule, RuleId, RuleSet};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -3,10 +3,9 @@
 use super::error::Source;
 use super::file::{ClassView, CountView, LlmView, ModelView, QuotaView};
 use super::ConfigError;
-use crate::config::FailurePolicy;
 use crate::rules::{
-    Algorithm, Class, CountSpec, IdentityKey, Limit, LlmSettings, MaxWait, Model, Period, Quota,
-    QuotaLimit, RuleId, SettlePolicy, ValuePattern,
+    Algorithm, Class, CountSpec, Estimator, FailurePolicy, IdentityKey, Limit, LlmSettings,
+    MaxWait, Model, Period, Quota, QuotaLimit, RuleId, SettlePolicy, ValuePattern,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -24,12 +23,12 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
         s.class_header = h.to_ascii_lowercase();
     }
     if let Some(e) = v.estimator {
-        match e.get_ref().as_str() {
-            "bpe" | "bytes" => s.estimator = e.get_ref().clone(),
-            other => errors.push(src.error(
+        match Estimator::parse(e.get_ref()) {
+            Some(estimator) => s.estimator = estimator,
+            None => errors.push(src.error(
                 e.span().start,
                 "llm.estimator",
-                format!("`{other}`: expected `bpe` or `bytes`"),
+                format!("`{}`: expected `bpe` or `bytes`", e.get_ref()),
             )),
         }
     }
@@ -90,6 +89,21 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
                 c.span().start,
                 "llm.max_wait_cap",
                 format!("`{}`: a duration of at most 1h, like \"30s\"", c.get_ref()),
+            )),
+        }
+    }
+    if let Some(t) = v.max_message_timeout {
+        match humantime::parse_duration(t.get_ref().trim()) {
+            Ok(d) if d >= Duration::from_secs(2) && d <= Duration::from_secs(3600) => {
+                s.max_message_timeout = d
+            }
+            _ => errors.push(src.error(
+                t.span().start,
+                "llm.max_message_timeout",
+                format!(
+                    "`{}`: Envoy's ext_proc max_message_timeout, between 2s and 1h, like \"60s\"",
+                    t.get_ref()
+                ),
             )),
         }
     }

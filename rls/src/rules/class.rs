@@ -5,8 +5,7 @@
 //! quota: a fixed class keeps its share, flexible classes lend what they do
 //! not use and borrow what others do not (see `engine::shares`).
 
-use super::quota::{IdentityKey, ValuePattern};
-use super::Identity;
+use super::identity::{Identity, IdentityKey, ValuePattern};
 use serde::Serialize;
 use std::time::Duration;
 

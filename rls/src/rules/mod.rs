@@ -1,17 +1,27 @@
-//! The rule model: what a `[[rule]]` means once validated, and the descriptor
-//! tree that finds the rule for a request descriptor.
+//! The rule model: what the config means once validated, free of TOML and
+//! of any wire format. Imports run one way: `config` builds these, the
+//! engine reads them, and nothing here imports either.
+//!
+//! * `rule`, `tree`, `limit`: envoyproxy/ratelimit-style rules and the
+//!   descriptor tree that finds the rule for a request descriptor.
+//! * `identity`, `quota`, `class`, `llm`: LLM quotas, priority classes and
+//!   models, matched on who is asking and for what.
+//! * `policy`: what to answer when the store fails.
 
 mod class;
+mod identity;
 mod limit;
+mod llm;
+mod policy;
 mod quota;
 mod rule;
 mod tree;
 
 pub use class::{Class, Classes, MaxWait};
+pub use identity::{Identity, IdentityKey, ValuePattern};
 pub use limit::{Algorithm, Limit, Period, MAX_COST};
-pub use quota::{
-    CountSpec, Identity, IdentityKey, LlmConfig, LlmSettings, Model, Quota, QuotaLimit,
-    SettlePolicy, Tokens, ValuePattern,
-};
+pub use llm::{Estimator, LlmConfig, LlmSettings, Model, SettlePolicy};
+pub use policy::FailurePolicy;
+pub use quota::{CountSpec, Quota, QuotaLimit, Tokens};
 pub use rule::{EntryPattern, Rule, RuleId, RuleSet};
 pub use tree::RuleTree;

@@ -1,5 +1,5 @@
+use super::FailurePolicy;
 use super::{Limit, RuleTree};
-use crate::config::FailurePolicy;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;

@@ -80,7 +80,7 @@ async fn check(
 async fn decide(app: &App, request: RateLimitRequest) -> Result<Decision, Response> {
     let check = check_from_proto(request).map_err(bad)?;
     let config = app.config.load();
-    let decision = app.engine.decide(&config.rules, &check).await;
+    let decision = app.engine.limits.decide(&config.rules, &check).await;
     app.metrics
         .decision("http", decision.code == Code::OverLimit);
     Ok(decision)

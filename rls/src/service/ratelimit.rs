@@ -52,7 +52,7 @@ impl RateLimitService for RateLimitGrpc {
             "rate limit request"
         );
         let config = self.app.config.load();
-        let decision = self.app.engine.decide(&config.rules, &check).await;
+        let decision = self.app.engine.limits.decide(&config.rules, &check).await;
         let over = decision.code == Code::OverLimit;
         let span = tracing::Span::current();
         if config.rules.has_domain(&check.domain) {

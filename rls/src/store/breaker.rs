@@ -154,6 +154,10 @@ impl Store for Breaker {
         self.inner.freed_by_others()
     }
 
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }

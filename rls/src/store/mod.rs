@@ -5,6 +5,7 @@
 pub mod arith;
 mod breaker;
 mod error;
+pub mod keys;
 mod memory;
 mod redis;
 mod redis_freed;
@@ -13,6 +14,7 @@ pub use arith::HitState;
 pub use arith::SLOT_RETRY_MS;
 pub use breaker::{Breaker, Health, FAILURES_TO_OPEN};
 pub use error::StoreError;
+pub use keys::counter_key;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -136,63 +138,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether other instances share these counters (and so must hear of
+    /// capacity freed here).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// A label for metrics and logs: `memory` or `redis`.
     fn kind(&self) -> &'static str;
-}
-
-/// The full key of a counter at `now_ms`: the window start is part of a
-/// fixed window's key, so a new window starts from an absent key.
-pub fn counter_key(key: &str, counter: &Counter, now_ms: u64) -> String {
-    match counter {
-        Counter::Rate(limit) => match arith::key_suffix(limit, now_ms) {
-            Some(window) => {
-                // By hand rather than `format!`: this runs for every hit.
-                let mut out = String::with_capacity(key.len() + 21);
-                out.push_str(key);
-                out.push(':');
-                push_decimal(&mut out, window);
-                out
-            }
-            None => key.to_string(),
-        },
-        Counter::Slots { .. } => key.to_string(),
-    }
-}
-
-/// Appends `n` in decimal.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[start..].iter().map(|&d| char::from(d)));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rules::{Algorithm, Period};
-
-    #[test]
-    fn window_keys_end_in_the_window_start_in_seconds() {
-        let limit = Limit {
-            amount: 1,
-            period: Period::Minute,
-            algorithm: Algorithm::FixedWindow,
-        };
-        let key = counter_key("tg:{r}:minutew:v", &Counter::Rate(limit), 1_700_000_059_999);
-        assert_eq!(key, "tg:{r}:minutew:v:1700000040");
-        let mut zero = String::new();
-        push_decimal(&mut zero, 0);
-        assert_eq!(zero, "0");
-        let mut max = String::new();
-        push_decimal(&mut max, u64::MAX);
-        assert_eq!(max, u64::MAX.to_string());
-    }
 }

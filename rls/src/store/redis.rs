@@ -627,6 +627,10 @@ impl Store for RedisStore {
         ))
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "redis"
     }

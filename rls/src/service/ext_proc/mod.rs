@@ -1,7 +1,9 @@
 //! `envoy.service.ext_proc.v3.ExternalProcessor`: token budgets for LLM
 //! requests. One gRPC stream is one HTTP request; an [`Exchange`] follows it.
 
+mod answer;
 mod exchange;
+mod facts;
 mod reply;
 
 use crate::app::App;
@@ -69,8 +71,15 @@ impl ExternalProcessor for ExtProcGrpc {
             // reserved then is settled by policy, so a client that goes
             // away mid-stream frees its slot at once.
             while let Some(msg) = messages.recv().await {
-                if let Some(reply) = exchange.on_message(msg).await {
-                    if tx.send(Ok(reply)).await.is_err() {
+                match exchange.on_message(msg).await {
+                    Ok(Some(reply)) => {
+                        if tx.send(Ok(reply)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 }

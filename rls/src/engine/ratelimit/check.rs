@@ -1,3 +1,5 @@
+//! A rate limit question and its answer, free of any wire format.
+
 use crate::rules::Limit;
 use std::time::Duration;
 

@@ -9,20 +9,26 @@
 //! settled by the same idempotent path as ext_proc's, refunding into the
 //! window it came from or charging the overage.
 
-use super::budget::{CountRecord, LimitRecord, Reservation, Settlement, Taken, TakenKind};
-use super::decide::Engine;
-use crate::rules::{Rule, Tokens};
-use crate::store::{counter_key, Counter, Hit, Hold};
+use super::RateLimiter;
+use crate::engine::reservation::{CountRecord, LimitRecord, Reservation, Taken, TakenKind};
+use crate::engine::EngineError;
+use crate::rules::{CountSpec, Rule, Tokens};
+use crate::store::{keys, Counter, Hit, Hold};
 
-impl Engine {
-    /// The hold that records what a reserving descriptor takes.
-    pub(super) fn rls_hold<'h>(
+/// How long an RLS reservation waits for its stream-done call.
+pub const RLS_RESERVATION_TTL_MS: u64 = 600_000;
+
+impl RateLimiter {
+    /// The hold that records what a reserving descriptor takes; `None` (with
+    /// a log line and a metric) if the record cannot be written, in which
+    /// case the request is still decided and only its refund is lost.
+    pub(super) fn hold<'h>(
         &self,
         hits: impl Iterator<Item = &'h Hit>,
         rule: &Rule,
         id: &str,
         now: u64,
-    ) -> Hold {
+    ) -> Option<Hold> {
         let mut estimate = 0;
         let taken = hits
             .filter_map(|h| {
@@ -33,10 +39,10 @@ impl Engine {
                 Some(Taken {
                     quota: rule.label.clone(),
                     base_key: h.key.clone(),
-                    key: counter_key(&h.key, &h.counter, now),
+                    key: keys::counter_key(&h.key, &h.counter, now),
                     what: TakenKind::Tokens {
                         limit: LimitRecord::from_limit(&limit),
-                        count: CountRecord::from(crate::rules::CountSpec::Prompt),
+                        count: CountRecord::from(CountSpec::Prompt),
                     },
                     cost: h.cost,
                 })
@@ -44,7 +50,7 @@ impl Engine {
             .collect();
         let reservation = Reservation {
             id: id.to_string(),
-            record_key: record_key(rule, id),
+            record_key: keys::rls_reservation(&rule.id, id),
             model: String::new(),
             estimate: Tokens {
                 prompt: estimate,
@@ -56,22 +62,33 @@ impl Engine {
             class: None,
             class_budgets: Vec::new(),
         };
-        Hold {
-            holder: id.to_string(),
-            ttl_ms: RLS_RESERVATION_TTL_MS,
-            record_key: reservation.record_key.clone(),
-            record: serde_json::to_vec(&reservation).unwrap_or_default(),
+        match reservation.encode() {
+            Ok(record) => Some(Hold {
+                holder: id.to_string(),
+                ttl_ms: RLS_RESERVATION_TTL_MS,
+                record_key: reservation.record_key,
+                record,
+            }),
+            Err(e) => {
+                self.metrics().internal_error(e.kind());
+                tracing::error!(error = %e, rule = %rule.label, "taking without a reservation record: its stream-done call will find none");
+                None
+            }
         }
     }
 
     /// Settles the reservation of request `id` with `actual` tokens; a
     /// second call, or one for an unknown id, changes nothing.
-    pub(super) async fn rls_settle(&self, rule: &Rule, id: &str, actual: u64) {
-        let key = record_key(rule, id);
-        let reservation = match self.find_reservation(&key).await {
+    pub(super) async fn settle(&self, rule: &Rule, id: &str, actual: u64) {
+        let key = keys::rls_reservation(&rule.id, id);
+        let reservation = match self.counters.reservation(&key).await {
             Ok(Some(r)) => r,
             Ok(None) => {
                 tracing::debug!(rule = %rule.label, "stream-done call for no open reservation");
+                return;
+            }
+            Err(e @ EngineError::Record(_)) => {
+                tracing::error!(error = %e, rule = %rule.label, "cannot read reservation; it expires by its TTL");
                 return;
             }
             Err(e) => {
@@ -84,20 +101,10 @@ impl Engine {
             completion: 0,
             cached: 0,
         };
-        if let Err(e) = self.settle(&reservation, Settlement::Usage(used)).await {
+        let plan = reservation.settle_plan(&used);
+        let now = self.counters.now_ms();
+        if let Err(e) = self.counters.settle(&reservation, &plan.ops, now).await {
             tracing::warn!(error = %e, rule = %rule.label, "settle failed; the estimate stays charged");
         }
     }
-}
-
-/// How long an RLS reservation waits for its stream-done call.
-pub const RLS_RESERVATION_TTL_MS: u64 = 600_000;
-
-fn record_key(rule: &Rule, id: &str) -> String {
-    let id: String = id
-        .chars()
-        .take(128)
-        .map(|c| if c == ':' { '_' } else { c })
-        .collect();
-    format!("tg:{{{}}}:rres:{id}", rule.id)
 }

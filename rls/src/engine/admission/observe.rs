@@ -1,0 +1,103 @@
+//! Metrics and log lines of admission, recorded from its outcomes in one
+//! place. Labels are configured names (models, quotas) or `_other`, never
+//! request data; log lines never carry a prompt, a completion or a key.
+
+use super::outcome::{Admitted, Finished, Outcome, Rejection, ResponseEnd};
+use super::stages::OTHER_MODEL;
+use crate::engine::reservation::{token_cost, Settlement, TakenKind};
+use crate::metrics::Metrics;
+
+/// Counts (and logs) how admission answered.
+pub(super) fn admission(m: &Metrics, outcome: &Outcome) {
+    match outcome {
+        Outcome::Admitted(a) => admitted(m, a),
+        Outcome::Denied(d) => {
+            m.llm_request(&d.model_label, "denied");
+            tracing::info!(quota = %d.quota, model = %d.model_label, retry_after = ?d.retry_after, "LLM request over budget");
+        }
+        Outcome::Cancelled { model_label } => {
+            m.llm_request(model_label, "cancelled");
+            tracing::info!(model = %model_label, "client went away while waiting for capacity");
+        }
+        Outcome::Rejected(r) => rejected(m, r),
+    }
+}
+
+fn admitted(m: &Metrics, a: &Admitted) {
+    if a.fallback_from.is_some() {
+        // Only a configured model has fallbacks, so the first label is its
+        // name; the request is labelled by the model it goes to from now.
+        let from = a.fallback_from.as_deref().unwrap_or(OTHER_MODEL);
+        m.llm_fallback(from, &a.model);
+        tracing::info!(from = %from, to = %a.model, "model fell back");
+    }
+    m.llm_request(&a.model_label, "admitted");
+    let estimate = a.estimate();
+    m.llm_tokens(
+        &a.model_label,
+        "reserved",
+        estimate.prompt + estimate.completion,
+    );
+    for t in &a.reservation.taken {
+        if matches!(t.what, TakenKind::Tokens { .. }) {
+            m.quota_tokens(&t.quota, "reserved", t.cost);
+        }
+    }
+}
+
+fn rejected(m: &Metrics, r: &Rejection) {
+    match r {
+        Rejection::TooLarge { bytes } => {
+            m.llm_request(OTHER_MODEL, "too_large");
+            tracing::info!(bytes, "request body over max_body_bytes");
+        }
+        Rejection::Unreadable(e) => {
+            m.llm_request(OTHER_MODEL, "invalid");
+            tracing::info!(reason = %e, "unreadable LLM request");
+        }
+        Rejection::UnknownModel => m.llm_request(OTHER_MODEL, "unknown_model"),
+        Rejection::ContextExceeded { model_label, .. } => {
+            m.llm_request(model_label, "context_exceeded")
+        }
+        Rejection::Internal => {
+            m.llm_request(OTHER_MODEL, "internal_error");
+            m.internal_error("request_parse");
+        }
+    }
+}
+
+/// Counts what a settlement charged against what was reserved: per model
+/// in raw tokens, per quota in the quota's own count.
+pub(super) fn finished(
+    m: &Metrics,
+    a: &Admitted,
+    settlement: Settlement,
+    end: ResponseEnd,
+    finished: Finished,
+) {
+    if let ResponseEnd::Aborted { .. } = end {
+        tracing::info!(model = %a.model_label, "stream ended before the response did; settling by on_abort");
+    }
+    let actual = settlement.tokens();
+    let label = &a.model_label;
+    let est = a.estimate().prompt + a.estimate().completion;
+    let used = actual.prompt + actual.completion;
+    if let Settlement::Usage(_) = settlement {
+        m.llm_tokens(label, "actual", used);
+        m.estimate_error(label, est, used);
+    }
+    m.llm_tokens(label, "refunded", est.saturating_sub(used));
+    m.llm_tokens(label, "overage", used.saturating_sub(est));
+    for t in &a.reservation.taken {
+        if let TakenKind::Tokens { .. } = t.what {
+            let cost = token_cost(&t.what, &actual);
+            m.quota_tokens(&t.quota, "refunded", t.cost.saturating_sub(cost));
+            m.quota_tokens(&t.quota, "overage", cost.saturating_sub(t.cost));
+        }
+    }
+    m.llm_settled(match finished {
+        Finished::Settled(how) => how,
+        Finished::AlreadySettled => "already_settled",
+        Finished::Failed => "failed",
+    });
+}

@@ -1,0 +1,315 @@
+//! The store as both decision paths use it: every call timed and counted,
+//! and when the store fails, each hit answered by its failure policy, the
+//! `local` ones from this instance's own memory at the instance's share of
+//! the limit. Rate limit decisions and LLM budgets share this one piece, so
+//! the two can never answer a store failure differently.
+
+use super::error::EngineError;
+use super::plan::Plan;
+use super::reservation::Reservation;
+use super::Clock;
+use crate::metrics::Metrics;
+use crate::repeated::{Occurrence, Repeated};
+use crate::rules::{FailurePolicy, Limit};
+use crate::store::TakeOutcome;
+use crate::store::{Counter, Hit, HitState, Hold, MemoryStore, SettleOp, Store, StoreError};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a planned hit belongs to, as far as failures go.
+pub trait Owner {
+    /// The owner's own `on_error`, if it sets one.
+    fn on_error(&self) -> Option<FailurePolicy>;
+}
+
+/// How this instance answers while the store fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fallback {
+    /// For rules and quotas that set no `on_error`.
+    pub policy: FailurePolicy,
+    /// Fraction of each limit a `local` rule enforces in this instance.
+    pub local_share: f64,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Fallback {
+            policy: FailurePolicy::FailClosed,
+            local_share: 1.0,
+        }
+    }
+}
+
+/// Who answered a take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnsweredBy {
+    Store,
+    /// The store failed; `on_error` answered (`local` = some hits were
+    /// taken from this instance's memory).
+    Policy {
+        local: bool,
+    },
+}
+
+/// The answer to a plan.
+#[derive(Debug)]
+pub struct Took {
+    pub outcome: TakeOutcome,
+    pub by: AnsweredBy,
+}
+
+/// The counters behind every decision. Cheap to clone.
+#[derive(Clone)]
+pub struct Counters {
+    store: Arc<dyn Store>,
+    /// Used for `on_error = "local"` while the store fails.
+    local: Arc<MemoryStore>,
+    fallback: Fallback,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    store_failing: Arc<Repeated>,
+}
+
+impl Counters {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Counters {
+        Counters {
+            store,
+            local: Arc::new(MemoryStore::new()),
+            fallback: Fallback::default(),
+            clock: Clock::System,
+            metrics,
+            store_failing: Arc::default(),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Counters {
+        self.clock = clock;
+        self
+    }
+
+    pub fn with_fallback(mut self, fallback: Fallback) -> Counters {
+        self.fallback = fallback;
+        self
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The in-memory counters that stand in for the store under `local`.
+    pub fn local_store(&self) -> &Arc<MemoryStore> {
+        &self.local
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Takes the plan's hits all-or-nothing (with `hold`, if given); when
+    /// the store fails, answers each by its owner's policy.
+    pub async fn take<O: Owner>(
+        &self,
+        op: &'static str,
+        plan: &Plan<O>,
+        hold: Option<&Hold>,
+        now: u64,
+    ) -> Took {
+        match self
+            .timed(op, self.store.take(plan.hits(), hold, now))
+            .await
+        {
+            Ok(outcome) => {
+                self.recovered();
+                Took {
+                    outcome,
+                    by: AnsweredBy::Store,
+                }
+            }
+            Err(e) => self.by_policy(plan, hold, e, now).await,
+        }
+    }
+
+    /// Gives hits back (`is_negative_hits`); never denies.
+    pub async fn give_back(&self, hits: &[Hit], now: u64) -> Result<Vec<HitState>, StoreError> {
+        self.timed("give_back", self.store.give_back(hits, now))
+            .await
+    }
+
+    /// Applies a reservation's settle operations, once: `Ok(false)` when it
+    /// was settled before or has expired. A reservation taken locally while
+    /// the store was down is settled locally.
+    pub async fn settle(
+        &self,
+        r: &Reservation,
+        ops: &[SettleOp],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let store: &dyn Store = if r.local {
+            self.local.as_ref()
+        } else {
+            self.store.as_ref()
+        };
+        self.timed("settle", store.settle(&r.record_key, &r.id, ops, now))
+            .await
+    }
+
+    /// Reads a reservation back (for a settle that arrives at another
+    /// instance, as RLS `apply_on_stream_done` calls may).
+    pub async fn reservation(&self, record_key: &str) -> Result<Option<Reservation>, EngineError> {
+        let now = self.now_ms();
+        let raw = self
+            .timed("record", self.store.record(record_key, now))
+            .await?;
+        match raw {
+            None => Ok(None),
+            Some(bytes) => match Reservation::decode(record_key, &bytes) {
+                Ok(r) => Ok(Some(r)),
+                Err(e) => {
+                    self.metrics.internal_error(e.kind());
+                    Err(e.into())
+                }
+            },
+        }
+    }
+
+    /// Tells instances sharing the store that these counters have capacity
+    /// again, without waiting for the answer.
+    pub fn announce_freed(&self, keys: &[String]) {
+        if keys.is_empty() || !self.store.is_shared() {
+            return;
+        }
+        let store = self.store.clone();
+        let keys = keys.to_vec();
+        tokio::spawn(async move {
+            if let Err(e) = store.announce_freed(&keys).await {
+                tracing::debug!(error = %e, "could not announce freed capacity");
+            }
+        });
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        let kind = self.store.kind();
+        self.metrics
+            .store_call(kind, op, started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => self.metrics.store_up.set(1),
+            Err(e) => {
+                self.metrics.store_error(kind, e.kind());
+                if e.is_transient() {
+                    self.metrics.store_up.set(0);
+                }
+            }
+        }
+        result
+    }
+
+    /// The store answered again after failing: say so once.
+    fn recovered(&self) {
+        let unlogged = self.store_failing.ended();
+        if unlogged > 0 {
+            tracing::info!(
+                answered_by_policy = unlogged,
+                store = self.store.kind(),
+                "store answers decisions again"
+            );
+        }
+    }
+
+    /// Answers a plan the store could not: each hit by its owner's policy;
+    /// `local` hits are taken from this instance's memory at its share of
+    /// the limit (with the hold, so local slots are released too).
+    async fn by_policy<O: Owner>(
+        &self,
+        plan: &Plan<O>,
+        hold: Option<&Hold>,
+        error: StoreError,
+        now: u64,
+    ) -> Took {
+        if let Occurrence::Log { since } = self.store_failing.occurred() {
+            tracing::warn!(error = %error, store = self.store.kind(), unlogged_since_last = since, "store failed; answering by on_error policy (logged at most every 10 s while it lasts)");
+        }
+        let policy = |o: &O| o.on_error().unwrap_or(self.fallback.policy);
+        let local: Vec<Hit> = plan
+            .iter()
+            .filter(|(_, o)| policy(o) == FailurePolicy::Local)
+            .map(|(h, _)| Hit {
+                counter: scaled_down(h.counter, self.fallback.local_share),
+                ..h.clone()
+            })
+            .collect();
+        let mut local_states = match self.local.take(&local, hold, now).await {
+            Ok(o) => o.hits.into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        let mut admitted = true;
+        let states = plan
+            .iter()
+            .map(|(hit, owner)| {
+                let policy = policy(owner);
+                self.metrics.failure_answer(policy.as_str());
+                let state = match policy {
+                    FailurePolicy::Local => local_states.next(),
+                    _ => None,
+                };
+                let state = state.unwrap_or_else(|| policy_state(hit, policy));
+                if state.over && hit.enforce {
+                    admitted = false;
+                }
+                state
+            })
+            .collect();
+        Took {
+            outcome: TakeOutcome {
+                admitted,
+                hits: states,
+            },
+            by: AnsweredBy::Policy {
+                local: !local.is_empty(),
+            },
+        }
+    }
+}
+
+/// The retry a policy's denial suggests: the breaker probes the store
+/// about this often.
+const POLICY_RETRY_MS: u64 = 1_000;
+
+/// The state `fail_open` or `fail_closed` answers for a hit.
+fn policy_state(hit: &Hit, policy: FailurePolicy) -> HitState {
+    let period = match hit.counter {
+        Counter::Rate(l) => l.period.millis(),
+        Counter::Slots { .. } => 0,
+    };
+    HitState {
+        over: policy != FailurePolicy::FailOpen,
+        remaining: 0,
+        reset_after_ms: period,
+        retry_after_ms: POLICY_RETRY_MS,
+    }
+}
+
+/// A counter at `share` of its size (at least 1), for `local` fallback.
+fn scaled_down(counter: Counter, share: f64) -> Counter {
+    let scale = |n: u64| ((n as f64 * share).ceil() as u64).max(1);
+    match counter {
+        Counter::Rate(l) => Counter::Rate(Limit {
+            amount: scale(l.amount),
+            ..l
+        }),
+        Counter::Slots { max } => Counter::Slots { max: scale(max) },
+    }
+}
