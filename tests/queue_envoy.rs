@@ -440,3 +440,78 @@ async fn with_header_messages_a_fallback_sets_the_routing_header() {
         Some(last.body.len().to_string())
     );
 }
+
+/// A wait shorter than Envoy allows is covered, whatever `max_wait_cap`
+/// says: with the ext_proc filter's `max_message_timeout` at 30 s and a
+/// quota's `max_wait` of 15 s, tollgate asks Envoy for what this request
+/// can really wait (15 s + 1 s), not for `max_wait_cap` + 1 s = 31 s, which
+/// Envoy would ignore ("new timeout setting is out of config range") and
+/// then cut the request with 504 after its 2 s message timeout.
+#[tokio::test]
+async fn a_wait_fits_in_envoys_max_message_timeout() {
+    let shipped =
+        std::fs::read_to_string(tollgate_testkit::repo_root().join("envoy/ext_proc.yaml"))
+            .expect("envoy/ext_proc.yaml");
+    assert!(
+        shipped.contains("max_message_timeout: 60s"),
+        "the shipped config changed"
+    );
+    let template = tollgate_testkit::scratch_dir("max-message-timeout").join("ext_proc_30s.yaml");
+    std::fs::write(
+        &template,
+        shipped.replace("max_message_timeout: 60s", "max_message_timeout: 30s"),
+    )
+    .unwrap();
+    let upstream = MockLlm::start();
+    let config = r#"
+[server]
+grpc_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[llm]
+estimator = "bytes"
+max_message_timeout = "30s"
+
+[[model]]
+name = "gpt-4o"
+context_window = 4000
+default_max_output = 100
+
+[[quota]]
+name = "one-at-a-time"
+match = { tenant = "serial" }
+max_concurrent = 1
+max_wait = "15s"
+"#;
+    let tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), config);
+    let envoy = Envoy::start(
+        &template.display().to_string(),
+        &[
+            ("UPSTREAM_PORT", upstream.port().to_string()),
+            ("TOLLGATE_PORT", tollgate.grpc_port().to_string()),
+            ("TOLLGATE_PORT_2", tollgate.grpc_port().to_string()),
+        ],
+    );
+    let url = envoy.url("/v1/chat/completions");
+    let c = client();
+    // A holds the slot for 3 s, past Envoy's 2 s message timeout.
+    let first = tokio::spawn(chat(&c, &url, "serial", "A", 3_000).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let b = chat(&c, &url, "serial", "B", 10).send().await.expect("B");
+    let took = started.elapsed();
+    assert_eq!(
+        b.status(),
+        200,
+        "B waited {took:?}\n{}\n{}",
+        tollgate.log_text(),
+        envoy.log_text()
+    );
+    assert!(header(&b, "x-tollgate-waited-ms").is_some());
+    assert_eq!(first.await.unwrap().expect("A").status(), 200);
+    assert!(
+        !envoy.log_text().contains("out of config range"),
+        "{}",
+        envoy.log_text()
+    );
+}
