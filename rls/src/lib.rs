@@ -1,28 +1,40 @@
 //! tollgate: rate limits and LLM token budgets for Envoy.
 //!
-//! The path of one rate limit request:
+//! The path of one rate limit request (RLS, or the HTTP check API):
 //!
 //! ```text
-//! service::ratelimit   proto -> `engine::Check`, answer -> proto
+//! service::ratelimit        proto -> `engine::Check`, `Decision` -> proto
 //!        |
-//! engine::Engine       find each descriptor's rule (rules::RuleTree), build
-//!        |             the hits, ask the store, turn states into a Decision
-//! store::Store         memory (sharded maps) or redis (one Lua script):
-//!                      take every hit or none
+//! engine::RateLimiter       find each descriptor's rule (rules::RuleTree),
+//!        |                  plan one hit per limit, fold states into a Decision
+//! engine::Counters          take every hit or none; on store failure,
+//!        |                  each hit by its `on_error`
+//! store::Store              memory (sharded maps) or redis (one Lua script)
 //! ```
 //!
-//! An LLM request through ext_proc takes the same path with a reservation
-//! (`engine::budget`): when it does not fit, it waits in the line of the
-//! counter that said no (`engine::wait`, `engine::queue`) until capacity
-//! frees, then falls back to other models, then gets 429.
+//! The path of one LLM request (ext_proc):
 //!
-//! Beside it: `config` (TOML -> validated `Config`), `admin` (HTTP:
-//! health, readiness, metrics, config, and the HTTP check API for nginx),
-//! `metrics` (Prometheus families), `server` (wires listeners and
-//! shutdown), `tls` (the gRPC listener's certificates, reloaded when their
-//! files change; PEM for `rediss://`). Data flows one way: service ->
-//! engine -> store; the engine never sees a proto type and a store never
-//! sees a rule.
+//! ```text
+//! service::ext_proc         Exchange: the stream's phases; headers or
+//!        |                  attributes + body -> `engine::Ask`
+//! engine::Admission         read body -> model -> context -> class ->
+//!        |                  candidates -> reserve or wait -> fallback -> deny;
+//!        |                  at the response's end, finish (settle)
+//! engine::Budgets           reserve every matching quota's limits, wait in
+//!        |                  line (budget::wait, budget::queue), class shares,
+//!        |                  settle refunds/overage and wake the line
+//! engine::Counters -> store::Store
+//! ```
+//!
+//! Beside them: `config` (TOML -> validated `Config`, read into the model
+//! of `rules`), `admin` (HTTP: health, readiness, metrics, config, and the
+//! HTTP check API for nginx), `metrics` (Prometheus families), `server`
+//! (build, serve, drain), `background` (every background task, one
+//! cancellation token), `watch` + `reload` (config hot reload), `tls` (the
+//! gRPC listener's certificates, reloaded when their files change; PEM for
+//! `rediss://`), `repeated` (log a repeating condition once, then
+//! summarise). Data flows one way: service -> engine -> store; the engine
+//! never sees a proto type and a store never sees a rule.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -1,5 +1,5 @@
 //! `envoy.service.ext_proc.v3.ExternalProcessor`: token budgets for LLM
-//! requests. One gRPC stream is one HTTP request; an [`Exchange`] follows it.
+//! requests. One gRPC stream is one HTTP request; an `Exchange` follows it.
 
 mod answer;
 mod exchange;
