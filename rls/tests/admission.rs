@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tollgate::config::{parse_str, Config};
 use tollgate::engine::{
-    Admitted, Ask, Clock, Engine, Finished, Outcome, Rejection, ResponseEnd, OTHER_MODEL,
+    Admitted, Ask, Clock, Engine, Finished, Outcome, Rejection, ResponseEnd, SettledBy, OTHER_MODEL,
 };
 use tollgate::metrics::Metrics;
 use tollgate::rules::{Identity, Tokens};
@@ -220,7 +220,10 @@ async fn one_announcement_covers_every_wait_still_possible_fallbacks_included() 
         body["model"], "small",
         "the body names the model it goes to"
     );
-    assert_eq!(release.await.unwrap(), Finished::Settled("aborted"));
+    assert_eq!(
+        release.await.unwrap(),
+        Finished::Settled(SettledBy::Aborted)
+    );
     drop(held_big);
 }
 
@@ -256,7 +259,7 @@ async fn a_response_settles_by_its_usage_or_by_policy() {
         usage: Some(usage),
         output_bytes: 0,
     };
-    assert_eq!(h.finish(&a, ok).await, Finished::Settled("usage"));
+    assert_eq!(h.finish(&a, ok).await, Finished::Settled(SettledBy::Usage));
     assert_eq!(h.finish(&a, ok).await, Finished::AlreadySettled);
     let b = admitted(h.ask("tok", chat("small"), long).await.0);
     let failed = ResponseEnd::Completed {
@@ -266,7 +269,7 @@ async fn a_response_settles_by_its_usage_or_by_policy() {
     };
     assert_eq!(
         h.finish(&b, failed).await,
-        Finished::Settled("upstream_error")
+        Finished::Settled(SettledBy::UpstreamError)
     );
     let c = admitted(h.ask("tok", chat("small"), long).await.0);
     let silent = ResponseEnd::Completed {
@@ -274,7 +277,10 @@ async fn a_response_settles_by_its_usage_or_by_policy() {
         usage: None,
         output_bytes: 0,
     };
-    assert_eq!(h.finish(&c, silent).await, Finished::Settled("no_usage"));
+    assert_eq!(
+        h.finish(&c, silent).await,
+        Finished::Settled(SettledBy::NoUsage)
+    );
     let m = h.engine.counters().metrics().render();
     for how in ["usage", "already_settled", "upstream_error", "no_usage"] {
         let line = format!("tollgate_llm_settlements_total{{how=\"{how}\"}} 1");

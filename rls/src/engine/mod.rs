@@ -30,7 +30,7 @@ mod reservation;
 
 pub use admission::{
     Admission, Admitted, Ask, Denied, Finished, Outcome, Rejection, ResponseEnd, ResponseReader,
-    OTHER_MODEL,
+    SettledBy, OTHER_MODEL,
 };
 pub use budget::{
     adjust, cap, BudgetView, Budgets, ClassRatio, Remaining, Reserved, Shares, Ticket, Tuning, Use,

@@ -20,7 +20,7 @@ mod request;
 mod response;
 mod stages;
 
-pub use outcome::{Admitted, Ask, Denied, Finished, Outcome, Rejection, ResponseEnd};
+pub use outcome::{Admitted, Ask, Denied, Finished, Outcome, Rejection, ResponseEnd, SettledBy};
 pub use response::ResponseReader;
 pub use stages::OTHER_MODEL;
 
@@ -257,33 +257,33 @@ fn upstream_body(
     admitted
 }
 
-/// The settlement of a response end, and its metric label.
+/// The settlement of a response end, and which kind it is.
 fn settlement(
     settings: &LlmSettings,
     estimate: &Tokens,
     end: ResponseEnd,
-) -> (Settlement, &'static str) {
+) -> (Settlement, SettledBy) {
     match end {
         ResponseEnd::Completed {
             status,
             usage: Some(u),
             ..
-        } if status < 400 => (Settlement::Usage(u), "usage"),
+        } if status < 400 => (Settlement::Usage(u), SettledBy::Usage),
         ResponseEnd::Completed {
             status,
             output_bytes,
             ..
         } if status >= 400 || status == 0 => (
             assumed(settings.on_upstream_error, estimate, output_bytes),
-            "upstream_error",
+            SettledBy::UpstreamError,
         ),
         ResponseEnd::Completed { output_bytes, .. } => (
             assumed(SettlePolicy::KeepEstimate, estimate, output_bytes),
-            "no_usage",
+            SettledBy::NoUsage,
         ),
         ResponseEnd::Aborted { output_bytes } => (
             assumed(settings.on_abort, estimate, output_bytes),
-            "aborted",
+            SettledBy::Aborted,
         ),
     }
 }

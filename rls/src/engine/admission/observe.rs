@@ -96,7 +96,7 @@ pub(super) fn finished(
         }
     }
     m.llm_settled(match finished {
-        Finished::Settled(how) => how,
+        Finished::Settled(how) => how.as_str(),
         Finished::AlreadySettled => "already_settled",
         Finished::Failed => "failed",
     });

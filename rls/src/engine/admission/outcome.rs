@@ -114,12 +114,35 @@ pub enum ResponseEnd {
 /// What settling an admitted request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
-    /// Settled; the label says how (usage, no_usage, upstream_error,
-    /// aborted).
-    Settled(&'static str),
+    Settled(SettledBy),
     /// Settled before, or expired: nothing changed.
     AlreadySettled,
     /// The store failed: the reservation expires by its TTL, keeping the
     /// estimate charged.
     Failed,
+}
+
+/// What a settlement charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettledBy {
+    /// The usage the response reported.
+    Usage,
+    /// A success without usage: the estimate stays charged.
+    NoUsage,
+    /// An error status (or none): `on_upstream_error`.
+    UpstreamError,
+    /// The stream closed first: `on_abort`.
+    Aborted,
+}
+
+impl SettledBy {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettledBy::Usage => "usage",
+            SettledBy::NoUsage => "no_usage",
+            SettledBy::UpstreamError => "upstream_error",
+            SettledBy::Aborted => "aborted",
+        }
+    }
 }
