@@ -391,3 +391,64 @@ pub fn istio_tollgate_cluster() -> String {
     let name = svc["metadata"]["name"].as_str().expect("name");
     format!("outbound|{port}||{name}.{ns}.svc.cluster.local")
 }
+
+/// The routes of the VirtualService in deploy/istio/gateway-routes.yaml,
+/// named as Istio names them (the http route's name), every destination
+/// on the cluster `upstream`.
+pub fn istio_gateway_routes() -> Vec<RouteSpec> {
+    let vs = yaml_doc("deploy/istio/gateway-routes.yaml", "VirtualService");
+    vs["spec"]["http"]
+        .as_array()
+        .expect("http routes")
+        .iter()
+        .map(|h| RouteSpec {
+            name: h["name"]
+                .as_str()
+                .expect("every route is named")
+                .to_string(),
+            prefix: h["match"][0]["uri"]["prefix"]
+                .as_str()
+                .unwrap_or("/")
+                .to_string(),
+            cluster: "upstream".into(),
+            timeout: h["timeout"].as_str().unwrap_or("15s").to_string(),
+        })
+        .collect()
+}
+
+/// The Envoy bootstrap of an Istio EnvoyFilter file: its patches applied
+/// to `routes` in virtual host `vhost_name` (see [`apply_envoy_filter`]),
+/// the tollgate cluster under the name Istio gives the Service's gRPC port
+/// ([`istio_tollgate_cluster`], HTTP/2 to `tollgate_port`) and each route's
+/// cluster on `upstream_port`. Returns the file and the filter names in
+/// order.
+pub fn istio_bootstrap(
+    file: &str,
+    context: &str,
+    vhost_name: &str,
+    routes: &[RouteSpec],
+    tollgate_port: u16,
+    upstream_port: u16,
+) -> (String, Vec<String>) {
+    let envoy_filter = yaml_doc(file, "EnvoyFilter");
+    let mut vh = vhost(vhost_name, routes);
+    let filters = apply_envoy_filter(&envoy_filter, context, &mut vh);
+    let names = filters
+        .iter()
+        .map(|f| f["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let cluster = istio_tollgate_cluster();
+    for called in grpc_clusters(&Value::Array(filters.clone())) {
+        assert_eq!(
+            called, cluster,
+            "{file}: the filters call the tollgate Service"
+        );
+    }
+    let mut clusters: Vec<(&str, u16, bool)> = vec![(cluster.as_str(), tollgate_port, true)];
+    for r in routes {
+        if !clusters.iter().any(|c| c.0 == r.cluster) {
+            clusters.push((r.cluster.as_str(), upstream_port, false));
+        }
+    }
+    (bootstrap(filters, vh, &clusters, "istio"), names)
+}
