@@ -293,9 +293,26 @@ async fn extension_policy_reserves_and_settles_through_envoy() {
     assert_eq!(refunded() - refunded0, estimate - 30.0);
 
     // SSE, streamed through (STREAMED response body), settled at its end.
-    let r = chat("eg-tenant", true).send().await.expect("send");
+    let mut r = chat("eg-tenant", true)
+        .header("x-mock-chunk-delay-ms", "300")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.expect("stream").contains("[DONE]"));
+    // The events pass through as the upstream sends them (300 ms apart),
+    // not gathered at the end.
+    let mut text = String::new();
+    let mut first = None;
+    while let Some(chunk) = r.chunk().await.expect("stream") {
+        first.get_or_insert_with(std::time::Instant::now);
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let spread = first.expect("a body").elapsed();
+    assert!(
+        spread >= Duration::from_millis(400),
+        "the stream arrived in one piece ({spread:?})"
+    );
+    assert!(text.contains("[DONE]"), "{text}");
     wait_until("the stream settled", Duration::from_secs(5), || {
         settled() == settled0 + 2.0
     });

@@ -238,11 +238,12 @@ impl Stack {
 
         let r = self
             .chat("llm-tenant", 50, true)
+            .header("x-mock-chunk-delay-ms", "300")
             .send()
             .await
             .expect("send");
         assert_eq!(r.status(), 200);
-        let text = r.text().await.expect("stream");
+        let text = streamed(r).await;
         assert!(text.contains("[DONE]"), "{text}");
         let last = self
             .upstream
@@ -264,15 +265,23 @@ impl Stack {
     }
 }
 
-/// The sum of every sample of a family (0 if it has none yet).
-fn family_sum(text: &str, family: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(family)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+/// Reads a streamed response to its end; asserts that its events came
+/// through as the upstream sent them (the mock waits 300 ms before each),
+/// not gathered at the end: the first part arrives at least 400 ms before
+/// the last.
+async fn streamed(mut r: reqwest::Response) -> String {
+    let mut text = String::new();
+    let mut first = None;
+    while let Some(chunk) = r.chunk().await.expect("stream") {
+        first.get_or_insert_with(std::time::Instant::now);
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let spread = first.expect("a body").elapsed();
+    assert!(
+        spread >= Duration::from_millis(400),
+        "the stream arrived in one piece ({spread:?}): Envoy buffered it"
+    );
+    text
 }
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
@@ -291,8 +300,12 @@ async fn ingress_gateway_filters_limit_and_budget() {
         &istio_gateway_routes(),
     );
     s.warm_up().await;
-    let llm_requests = |s: &Stack| family_sum(&s.tollgate.metrics(), "tollgate_llm_requests_total");
-    let before = llm_requests(&s);
+    let streams = |s: &Stack| {
+        s.envoy
+            .stat("http.ingress.ext_proc.streams_started")
+            .unwrap_or(0)
+    };
+    let before = streams(&s);
     // A route other than `llm` goes through the rate limit filter only.
     s.rate_limited_after(shipped.requests_per_minute, |tenant| {
         s.client
@@ -300,12 +313,8 @@ async fn ingress_gateway_filters_limit_and_budget() {
             .header("x-tenant", tenant)
     })
     .await;
-    assert!(before >= 1.0, "the warm-up went through ext_proc");
-    assert_eq!(
-        llm_requests(&s),
-        before,
-        "ext_proc is off outside the llm route"
-    );
+    assert!(before >= 1, "the warm-up went through ext_proc");
+    assert_eq!(streams(&s), before, "ext_proc is off outside the llm route");
     assert!(
         s.upstream
             .requests()
