@@ -206,3 +206,40 @@ fn prometheus_rule_matches_the_rules_file() {
         "copy the groups of {RULES}"
     );
 }
+
+/// GitHub's anchor for a Markdown heading: lowercase, punctuation other
+/// than `-` and `_` dropped, spaces to `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every alert's `runbook` points at a heading that exists.
+#[test]
+fn runbooks_point_at_existing_sections() {
+    assert_eq!(
+        slug("Requests wait too long, or wait and still get 429"),
+        "requests-wait-too-long-or-wait-and-still-get-429"
+    );
+    for (name, rule) in alerts() {
+        let runbook = rule["annotations"]["runbook"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no runbook"));
+        let (file, anchor) = runbook
+            .split_once('#')
+            .unwrap_or_else(|| panic!("{name}: {runbook}: no #anchor"));
+        let text = std::fs::read_to_string(repo_path(file))
+            .unwrap_or_else(|e| panic!("{name}: {file}: {e}"));
+        let found = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .map(|l| slug(l.trim_start_matches('#')))
+            .any(|s| s == anchor);
+        assert!(found, "{name}: no heading for #{anchor} in {file}");
+    }
+}
