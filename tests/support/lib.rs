@@ -18,12 +18,16 @@
 //!   at run time; [`replace_file`] swaps a file by atomic rename.
 //! * [`MockLlm`]: an in-process OpenAI/Anthropic upstream (JSON and SSE),
 //!   steered by `x-mock-*` request headers; also the `mock-llm` binary.
+//! * [`deploy`]: YAML, kustomize, kubernetes-validate, CRD schemas and
+//!   promtool for the tests of `deploy/`, and Istio `EnvoyFilter` patches
+//!   applied to a static Envoy bootstrap.
 //!
 //! A missing tool fails the test with a message naming
 //! `scripts/install-test-deps.sh`; nothing is ever skipped.
 
 #![forbid(unsafe_code)]
 
+pub mod deploy;
 mod envoy;
 mod mock_llm;
 mod nginx;
