@@ -194,6 +194,11 @@ async fn one_announcement_covers_every_wait_still_possible_fallbacks_included() 
     let (o, announced) = h.ask("t", chat("big"), long).await;
     assert!(matches!(o, Outcome::Denied(_)), "{o:?}");
     assert_eq!(announced, [Duration::from_secs(5)], "once, for 3 s + 2 s");
+    let m = h.engine.counters().metrics().render();
+    for (code, n) in [("ok", 2), ("over_limit", 1)] {
+        let line = format!("tollgate_decisions_total{{code=\"{code}\",service=\"ext_proc\"}} {n}");
+        assert!(m.contains(&line), "no `{line}` in\n{m}");
+    }
     assert_eq!(started.elapsed(), Duration::from_secs(5));
     // Free `small` 4 s in, while the request waits on it after its 3 s on
     // `big`: the fallback admits it then.

@@ -10,8 +10,12 @@ use crate::metrics::Metrics;
 /// Counts (and logs) how admission answered.
 pub(super) fn admission(m: &Metrics, outcome: &Outcome) {
     match outcome {
-        Outcome::Admitted(a) => admitted(m, a),
+        Outcome::Admitted(a) => {
+            m.decision("ext_proc", false);
+            admitted(m, a)
+        }
         Outcome::Denied(d) => {
+            m.decision("ext_proc", true);
             m.llm_request(&d.model_label, "denied");
             tracing::info!(quota = %d.quota, model = %d.model_label, retry_after = ?d.retry_after, "LLM request over budget");
         }
