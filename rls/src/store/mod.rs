@@ -7,12 +7,15 @@ mod breaker;
 mod error;
 mod memory;
 mod redis;
+mod redis_errors;
 mod redis_freed;
+mod redis_link;
+mod repeats;
 
 pub use arith::HitState;
 pub use arith::SLOT_RETRY_MS;
-pub use breaker::{Breaker, Health, FAILURES_TO_OPEN};
-pub use error::StoreError;
+pub use breaker::{Breaker, Health, FAILURES_TO_OPEN, LOG_SUMMARY_EVERY};
+pub use error::{Refusal, StoreError};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
