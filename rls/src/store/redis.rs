@@ -141,8 +141,10 @@ impl RedisStore {
                 config: ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500)),
+                    // One try per attempt: retrying is the breaker's job
+                    // (its probes pace the attempts), and a retry's backoff
+                    // would hide the real error behind `connect_timeout`.
+                    .set_number_of_retries(0),
             }
         };
         Ok(RedisStore {
@@ -211,7 +213,16 @@ impl RedisStore {
             }
         };
         match tokio::time::timeout_at(deadline, call(conn)).await {
-            Ok(reply) => reply.map_err(|e| classify(&e, self.timeout)),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                let e = classify(&e, self.timeout);
+                if matches!(e, StoreError::Auth(_)) {
+                    // Credentials fixed on the Redis side are found by the
+                    // next call's new connection.
+                    self.link.reset();
+                }
+                Err(e)
+            }
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }

@@ -11,9 +11,13 @@ use std::time::Duration;
 /// Whether Redis refused our credentials: a wrong password or ACL user
 /// (`AUTH` failed), none given (`NOAUTH`), or a user without the rights
 /// for `EVALSHA` (`NOPERM`). The messages never carry the password.
+/// Redis also answers `ERR Protocol error: unauthenticated multibulk
+/// length` (and closes the connection) to a client without credentials
+/// that sends a long command, as a script call is.
 pub(super) fn is_auth(e: &RedisError) -> bool {
     e.kind() == ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        || (e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("unauthenticated")))
 }
 
 /// The meaning of `e`, from a call bounded by `timeout`.

@@ -103,6 +103,17 @@ impl Link {
         matches!(self.shared.backend, Backend::Cluster(_))
     }
 
+    /// Forgets the connection, so that the next call makes a new one (one
+    /// attempt at a time, as the first). For a connection whose own
+    /// reconnection cannot succeed: the client library reconnects only
+    /// after I/O errors, and keeps answering a failed handshake (refused
+    /// credentials) for ever.
+    pub fn reset(&self) {
+        if self.shared.conn.swap(None).is_some() {
+            tracing::debug!("dropped the redis connection; the next call makes a new one");
+        }
+    }
+
     /// Why the last attempt to connect failed, if one did.
     pub fn last_error(&self) -> Option<StoreError> {
         self.shared.attempts.borrow().last_error.clone()
