@@ -248,8 +248,21 @@ fn entry_descriptors(headers: &HeaderMap) -> Result<Vec<RateLimitDescriptor>, St
         .collect())
 }
 
+/// At most 40 characters of a client's text for an error message (which
+/// is logged), with control characters escaped: a `%0A` in a parameter
+/// must not start a forged log line.
 fn shorten(s: &str) -> String {
-    s.chars().take(40).collect()
+    s.chars()
+        .take(40)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn from_query_and_headers(
@@ -572,6 +585,17 @@ mod tests {
         // An empty domain passes here and is refused by the shared validator.
         let (r, _) = from_query_and_headers("descriptor=a=b", &h).unwrap();
         assert_eq!(check_from_proto(r).unwrap_err(), "domain must not be empty");
+    }
+
+    #[test]
+    fn client_text_in_errors_cannot_forge_log_lines() {
+        let e = from_query_and_headers(
+            "x%0A2026-01-01T00:00:00Z%20ERROR%20forged=1",
+            &HeaderMap::new(),
+        )
+        .unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("x\\n2026"), "{e}");
     }
 
     #[test]
