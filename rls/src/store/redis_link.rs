@@ -87,6 +87,8 @@ pub(super) struct Link {
 }
 
 impl Link {
+    /// No connection yet: the first call starts the first attempt, each
+    /// bounded by `connect_timeout`.
     pub fn new(backend: Backend, connect_timeout: Duration) -> Link {
         Link {
             shared: Arc::new(Shared {
