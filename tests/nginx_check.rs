@@ -166,3 +166,76 @@ async fn check_api_answers_and_refuses_bad_input() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// What a client puts in its own headers cannot change the descriptor
+/// nginx sends: a `,` or `;` in the tenant value, or `X-Tollgate-*`
+/// headers of its own, neither escape the limit nor charge another tenant.
+#[tokio::test]
+async fn client_headers_cannot_escape_or_redirect_the_limit() {
+    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(10));
+    let upstream = MockLlm::start();
+    let tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), CONFIG);
+    let admin = tollgate
+        .admin_url()
+        .trim_start_matches("http://")
+        .to_string();
+    let conf = std::fs::read_to_string(repo_root().join("nginx/tollgate.conf"))
+        .expect("nginx/tollgate.conf");
+    let nginx = Nginx::start(
+        &conf,
+        &[
+            ("UPSTREAM_PORT", upstream.port().to_string()),
+            ("TOLLGATE_ADMIN", admin),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let statuses = |headers: Vec<(&'static str, &'static str)>| {
+        let client = client.clone();
+        let url = nginx.url("/things");
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..7 {
+                let mut req = client.get(&url);
+                for (k, v) in &headers {
+                    req = req.header(*k, *v);
+                }
+                out.push(req.send().await.expect("nginx").status().as_u16());
+            }
+            out
+        }
+    };
+    let limited = vec![200, 200, 200, 200, 200, 429, 429];
+    // A value with the entry separator: one tenant called `demo,x=1`.
+    assert_eq!(
+        statuses(vec![("x-tenant", "demo,x=1")]).await,
+        limited,
+        "`,` in the value added an entry: {}",
+        nginx.log_text()
+    );
+    // The client's own cost header is not passed on: each request costs 1.
+    assert_eq!(
+        statuses(vec![("x-tenant", "free"), ("x-tollgate-hits", "0")]).await,
+        limited,
+        "x-tollgate-hits from the client reached tollgate"
+    );
+    // A value with the descriptor separator, and descriptor headers of the
+    // client's own: only `me;tenant=victim` (and `me2`) pay.
+    statuses(vec![("x-tenant", "me;tenant=victim")]).await;
+    statuses(vec![
+        ("x-tenant", "me2"),
+        ("x-tollgate-descriptor", "tenant=victim"),
+        ("x-tollgate-entry-2", "tenant=victim"),
+    ])
+    .await;
+    let victim = reqwest::get(format!(
+        "{}/check?domain=edge&descriptor=tenant=victim&hits=0",
+        tollgate.admin_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        header(&victim, "x-ratelimit-remaining"),
+        "5",
+        "another tenant's budget was charged"
+    );
+}

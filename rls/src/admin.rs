@@ -32,7 +32,13 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// The scrape reads the breaker at the moment it is taken, so
+/// `tollgate_store_up` and `/readyz` never disagree.
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Some(health) = &app.store_health {
+        app.metrics
+            .store_circuit(health.is_closed(), health.opens());
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),

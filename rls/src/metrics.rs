@@ -38,6 +38,8 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     failure_answers: IntCounterVec,
     pub store_up: IntGauge,
+    /// Times the shared store's circuit opened (synced from the breaker).
+    store_circuit_opens: IntCounter,
     config_info: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     /// gRPC listener certificate reloads, by result (ok, refused).
@@ -255,6 +257,17 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("{e}"));
                 c
             },
+            store_circuit_opens: {
+                let c = IntCounter::new(
+                    "tollgate_store_circuit_opens_total",
+                    "Times the shared store's circuit breaker opened.",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                registry
+                    .register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                c
+            },
             store_latency,
             store_up,
             config_info,
@@ -343,6 +356,17 @@ impl Metrics {
         });
     }
 
+    /// The breaker's state as of now: `tollgate_store_up` follows the
+    /// circuit (as `/readyz` does), and the opens counter catches up with
+    /// `opens` (the breaker's own count, which only grows).
+    pub fn store_circuit(&self, closed: bool, opens: u64) {
+        self.store_up.set(i64::from(closed));
+        let seen = self.store_circuit_opens.get();
+        if opens > seen {
+            self.store_circuit_opens.inc_by(opens - seen);
+        }
+    }
+
     pub fn store_error(&self, store: &str, kind: &str) {
         self.store_errors.with_label_values(&[store, kind]).inc();
     }
@@ -427,6 +451,23 @@ mod tests {
         assert!(text.contains("tollgate_rule_total_hits_total{domain=\"edge\",rule=\"r1\"} 5"));
         assert!(text.contains("tollgate_rule_near_limit_total{domain=\"edge\",rule=\"r1\"} 3"));
         assert!(text.contains("tollgate_rule_shadow_mode_total{domain=\"edge\",rule=\"r1\"} 2"));
+    }
+
+    #[test]
+    fn store_circuit_follows_the_breaker() {
+        let m = Metrics::default();
+        m.store_circuit(false, 2);
+        m.store_circuit(false, 2);
+        let text = m.render();
+        assert!(text.contains("tollgate_store_up 0"), "{text}");
+        assert!(
+            text.contains("tollgate_store_circuit_opens_total 2"),
+            "{text}"
+        );
+        m.store_circuit(true, 3);
+        let text = m.render();
+        assert!(text.contains("tollgate_store_up 1"));
+        assert!(text.contains("tollgate_store_circuit_opens_total 3"));
     }
 
     #[test]

@@ -112,11 +112,8 @@ fn spawn_background(
         memory,
         health,
     } = built;
-    let metrics = app.metrics.clone();
-    if let Some(health) = health {
-        background.spawn("store prober", |cancel| {
-            probe_store(store, health, metrics, cancel)
-        });
+    if health.is_some() {
+        background.spawn("store prober", |cancel| probe_store(store, cancel));
     }
     if let Some(path) = &options.config_path {
         crate::reload::spawn(background, app.clone(), path.clone());
@@ -233,12 +230,7 @@ const LOCAL_SHARE: f64 = 1.0;
 
 /// Pings the shared store once a second: finds a dead store without
 /// traffic (so `/readyz` turns 503), and probes an open breaker closed.
-async fn probe_store(
-    store: Arc<dyn Store>,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
+async fn probe_store(store: Arc<dyn Store>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -249,7 +241,6 @@ async fn probe_store(
         if let Err(e) = store.ping().await {
             tracing::debug!(error = %e, "store ping failed");
         }
-        metrics.store_up.set(i64::from(health.is_closed()));
     }
 }
 

@@ -9,7 +9,7 @@ use super::plan::Plan;
 use super::reservation::Reservation;
 use super::Clock;
 use crate::metrics::Metrics;
-use crate::repeated::{Occurrence, Repeated};
+use crate::repeated::Repeats;
 use crate::rules::{FailurePolicy, Limit};
 use crate::store::TakeOutcome;
 use crate::store::{Counter, Hit, HitState, Hold, MemoryStore, SettleOp, Store, StoreError};
@@ -67,7 +67,7 @@ pub struct Counters {
     fallback: Fallback,
     clock: Clock,
     metrics: Arc<Metrics>,
-    store_failing: Arc<Repeated>,
+    store_failing: Arc<Repeats>,
 }
 
 impl Counters {
@@ -78,7 +78,7 @@ impl Counters {
             fallback: Fallback::default(),
             clock: Clock::System,
             metrics,
-            store_failing: Arc::default(),
+            store_failing: Arc::new(Repeats::new(crate::store::LOG_SUMMARY_EVERY)),
         }
     }
 
@@ -205,14 +205,9 @@ impl Counters {
         let kind = self.store.kind();
         self.metrics
             .store_call(kind, op, started.elapsed().as_secs_f64());
-        match &result {
-            Ok(_) => self.metrics.store_up.set(1),
-            Err(e) => {
-                self.metrics.store_error(kind, e.kind());
-                if e.is_transient() {
-                    self.metrics.store_up.set(0);
-                }
-            }
+        // `tollgate_store_up` is the breaker's, read at scrape time.
+        if let Err(e) = &result {
+            self.metrics.store_error(kind, e.kind());
         }
         result
     }
@@ -239,8 +234,8 @@ impl Counters {
         error: StoreError,
         now: u64,
     ) -> Took {
-        if let Occurrence::Log { since } = self.store_failing.occurred() {
-            tracing::warn!(error = %error, store = self.store.kind(), unlogged_since_last = since, "store failed; answering by on_error policy (logged at most every 10 s while it lasts)");
+        if let Some(since) = self.store_failing.note() {
+            tracing::warn!(error = %error, store = self.store.kind(), unlogged_since_last = since, "store failed; answering by on_error policy (logged at most every 30 s while it lasts)");
         }
         let policy = |o: &O| o.on_error().unwrap_or(self.fallback.policy);
         let local: Vec<Hit> = plan

@@ -4,10 +4,23 @@
 //! `RateLimitRequest` and validated by the same function.
 //!
 //! * `GET /check?domain=edge&descriptor=tenant=acme,path=/v1&hits=1`
-//!   (`descriptor` repeatable). The same can come in headers, which is what
-//!   nginx forwards: `x-tollgate-domain`, `x-tollgate-descriptor` (one per
-//!   descriptor, or several separated by `;`), `x-tollgate-hits`. Entries are
-//!   `key=value`, separated by `,`; a value may be percent-encoded.
+//!   (`descriptor` repeatable), or the same in headers:
+//!   `x-tollgate-domain`, `x-tollgate-hits`, and the descriptors as
+//!   * `x-tollgate-entry: key=value`, one entry per header line, the value
+//!     taken verbatim (everything after the first `=`): nothing in it can
+//!     add an entry or a descriptor, so a proxy that cannot escape (nginx)
+//!     may put a client's header there. Repeated lines are the entries of
+//!     one descriptor, in order; `x-tollgate-entry-2` .. `-64` are further
+//!     descriptors.
+//!   * `x-tollgate-descriptor: key=value,key=value;key=value` (`;`
+//!     between descriptors): the structure is read from the characters as
+//!     sent, then each key and value is percent-decoded once, so `%2C`,
+//!     `%3D`, `%3B` are data. Safe only for values the caller escaped.
+//!
+//!   The query's `descriptor` is read like `x-tollgate-descriptor` (raw
+//!   `,` and `=` are structure, each piece is decoded once); a value sent
+//!   wholly encoded, with no raw `,` or `=` at all (what form encoders
+//!   produce), is decoded once first and then read the same way.
 //!   Answers 200 when allowed, 429 when over limit (or `deny_status`, e.g.
 //!   403, which nginx's `auth_request` passes on; map it with `error_page`),
 //!   with `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset`
@@ -15,7 +28,7 @@
 //! * `POST /json` with a `RateLimitRequest`-shaped JSON body, answered with
 //!   the statuses as JSON (envoyproxy/ratelimit's `/json`).
 
-use super::ratelimit::check_from_proto;
+use super::ratelimit::{check_from_proto, MAX_DESCRIPTORS};
 use crate::app::App;
 use crate::engine::{Code, Decision, DescriptorResult};
 use axum::body::Bytes;
@@ -86,10 +99,12 @@ async fn decide(app: &App, request: RateLimitRequest) -> Result<Decision, Respon
     Ok(decision)
 }
 
-fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+/// The query's `name=value` pairs: the name decoded, the value as sent
+/// (a descriptor's structure is read before its pieces are decoded).
+fn pairs(query: &str) -> impl Iterator<Item = (String, &str)> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        (decode(k), decode(v))
+        (decode(k), v)
     })
 }
 
@@ -123,8 +138,10 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `key=value,key=value` → entries; a bare `key` is refused (a request
-/// descriptor always carries values).
+/// `key=value,key=value` → entries. The `,` and the first `=` of each
+/// entry are read as sent; then the key and the value are each decoded
+/// once, so an escaped `%2C` or `%3D` is part of a value, never structure.
+/// A bare `key` is refused (a request descriptor always carries values).
 fn descriptor(text: &str) -> Result<RateLimitDescriptor, String> {
     let mut entries = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -145,40 +162,132 @@ fn descriptor(text: &str) -> Result<RateLimitDescriptor, String> {
     })
 }
 
+/// The query's `descriptor`: read as sent, unless it was encoded whole
+/// (no raw `,` or `=` anywhere, as a form encoder sends
+/// `tenant%3Dacme%2Cpath%3D%2Fv1`): then decoded once and read the same
+/// way. Text with a raw `=` (any `key=...` template) is never decoded
+/// before its structure is read.
+fn query_descriptor(raw: &str) -> Result<RateLimitDescriptor, String> {
+    if raw.contains(['=', ',']) {
+        descriptor(raw)
+    } else {
+        descriptor(&decode(raw))
+    }
+}
+
+/// One `x-tollgate-entry` line: `key=value`, the key decoded, the value
+/// verbatim (a client's text as the proxy forwarded it).
+fn verbatim_entry(line: &str) -> Result<Entry, String> {
+    let Some((k, v)) = line.split_once('=') else {
+        return Err(format!(
+            "x-tollgate-entry `{}` is not key=value",
+            shorten(line)
+        ));
+    };
+    Ok(Entry {
+        key: decode(k.trim()),
+        value: v.to_string(),
+    })
+}
+
+/// Which descriptor an `x-tollgate-entry[-n]` header fills: 1 for the bare
+/// name, `n` for `-n`; `None` for other header names.
+fn entry_header_index(name: &str) -> Option<Result<usize, String>> {
+    let rest = name.strip_prefix(ENTRY_HEADER)?;
+    if rest.is_empty() {
+        return Some(Ok(1));
+    }
+    let n = rest.strip_prefix('-').and_then(|n| n.parse::<usize>().ok());
+    Some(match n {
+        Some(n) if (1..=MAX_DESCRIPTORS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "header `{}`: the suffix must be -1 to -{MAX_DESCRIPTORS}",
+            shorten(name)
+        )),
+    })
+}
+
+/// The header whose lines are verbatim entries.
+const ENTRY_HEADER: &str = "x-tollgate-entry";
+
+/// Every value of header `name`, refusing one that is not UTF-8 (dropping
+/// it would silently change the descriptor).
+fn header_values<'h>(headers: &'h HeaderMap, name: &str) -> Result<Vec<&'h str>, String> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| {
+            std::str::from_utf8(v.as_bytes()).map_err(|_| format!("header {name} is not UTF-8"))
+        })
+        .collect()
+}
+
+/// The descriptors of `x-tollgate-entry` and `x-tollgate-entry-n`, in
+/// ascending `n` (the bare name is 1).
+fn entry_descriptors(headers: &HeaderMap) -> Result<Vec<RateLimitDescriptor>, String> {
+    let mut by_index = std::collections::BTreeMap::new();
+    for name in headers.keys() {
+        let Some(index) = entry_header_index(name.as_str()) else {
+            continue;
+        };
+        let entries = header_values(headers, name.as_str())?
+            .into_iter()
+            .map(verbatim_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        by_index
+            .entry(index?)
+            .or_insert_with(Vec::new)
+            .extend(entries);
+    }
+    Ok(by_index
+        .into_values()
+        .map(|entries| RateLimitDescriptor {
+            entries,
+            ..Default::default()
+        })
+        .collect())
+}
+
+/// At most 40 characters of a client's text for an error message (which
+/// is logged), with control characters escaped: a `%0A` in a parameter
+/// must not start a forged log line.
 fn shorten(s: &str) -> String {
-    s.chars().take(40).collect()
+    s.chars()
+        .take(40)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn from_query_and_headers(
     query: &str,
     headers: &HeaderMap,
 ) -> Result<(RateLimitRequest, StatusCode), String> {
-    let header = |name: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect::<Vec<_>>()
+    let first = |name: &str| -> Result<Option<String>, String> {
+        Ok(header_values(headers, name)?.first().map(|v| v.to_string()))
     };
-    let mut domain = header("x-tollgate-domain")
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    let mut descriptors = Vec::new();
-    let mut hits = header("x-tollgate-hits").into_iter().next();
+    let mut domain = first("x-tollgate-domain")?.unwrap_or_default();
+    let mut hits = first("x-tollgate-hits")?;
     let mut deny_status = StatusCode::TOO_MANY_REQUESTS;
-    for value in header("x-tollgate-descriptor") {
+    let mut descriptors = entry_descriptors(headers)?;
+    for value in header_values(headers, "x-tollgate-descriptor")? {
         for d in value.split(';').filter(|d| !d.trim().is_empty()) {
             descriptors.push(descriptor(d)?);
         }
     }
-    for (k, v) in pairs(query) {
+    for (k, raw) in pairs(query) {
         match k.as_str() {
-            "domain" => domain = v,
-            "descriptor" | "d" => descriptors.push(descriptor(&v)?),
-            "hits" | "hits_addend" => hits = Some(v),
+            "domain" => domain = decode(raw),
+            "descriptor" | "d" => descriptors.push(query_descriptor(raw)?),
+            "hits" | "hits_addend" => hits = Some(decode(raw)),
             "deny_status" => {
+                let v = decode(raw);
                 deny_status = v
                     .parse::<u16>()
                     .ok()
@@ -329,7 +438,7 @@ mod tests {
             HeaderValue::from_static("tenant=acme;path=/v1"),
         );
         let (r, deny) = from_query_and_headers(
-            "domain=edge&descriptor=tenant%3Db,k=a%20b&hits=3&deny_status=403",
+            "domain=edge&descriptor=tenant=b,k=a%20b&hits=3&deny_status=403",
             &h,
         )
         .unwrap();
@@ -344,6 +453,118 @@ mod tests {
             .descriptors
             .iter()
             .all(|d| d.hits_addend == Some(UInt64Value { value: 3 })));
+    }
+
+    /// Text from a client, put in a descriptor by a proxy, must not change
+    /// its structure (issue 18, defect 1).
+    fn descriptors_of(
+        query: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> Vec<Vec<(String, String)>> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        let (r, _) = from_query_and_headers(query, &h).unwrap();
+        r.descriptors
+            .into_iter()
+            .map(|d| d.entries.into_iter().map(|e| (e.key, e.value)).collect())
+            .collect()
+    }
+
+    fn one(k: &str, v: &str) -> Vec<(String, String)> {
+        vec![(k.to_string(), v.to_string())]
+    }
+
+    #[test]
+    fn entry_headers_take_the_value_verbatim() {
+        assert_eq!(
+            descriptors_of("", &[("x-tollgate-entry", "tenant=demo,x=1")]),
+            vec![one("tenant", "demo,x=1")]
+        );
+        assert_eq!(
+            descriptors_of("", &[("x-tollgate-entry", "tenant=me;tenant=victim")]),
+            vec![one("tenant", "me;tenant=victim")]
+        );
+        assert_eq!(
+            descriptors_of("", &[("x-tollgate-entry", "tenant=a%2Cb+c")]),
+            vec![one("tenant", "a%2Cb+c")],
+            "not decoded either"
+        );
+        // Repeated lines: one descriptor's entries in order; -n: more
+        // descriptors, in ascending n after the bare name.
+        let d = descriptors_of(
+            "",
+            &[
+                ("x-tollgate-entry-3", "k=3"),
+                ("x-tollgate-entry", "tenant=t"),
+                ("x-tollgate-entry", "path=/v1,x"),
+                ("x-tollgate-entry-2", "k=2"),
+            ],
+        );
+        assert_eq!(
+            d,
+            vec![
+                vec![
+                    ("tenant".to_string(), "t".to_string()),
+                    ("path".to_string(), "/v1,x".to_string())
+                ],
+                one("k", "2"),
+                one("k", "3"),
+            ]
+        );
+        let h = |k: &'static str, v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(k, HeaderValue::from_static(v));
+            h
+        };
+        for (k, v, why) in [
+            ("x-tollgate-entry", "tenant", "not key=value"),
+            ("x-tollgate-entry-0", "a=b", "suffix"),
+            ("x-tollgate-entry-65", "a=b", "suffix"),
+            ("x-tollgate-entry-x", "a=b", "suffix"),
+        ] {
+            let e = from_query_and_headers("", &h(k, v)).unwrap_err();
+            assert!(e.contains(why), "{k}: {v}: {e}");
+        }
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            "x-tollgate-entry",
+            HeaderValue::from_bytes(b"tenant=\xff").unwrap(),
+        );
+        assert!(from_query_and_headers("", &bad)
+            .unwrap_err()
+            .contains("not UTF-8"));
+    }
+
+    #[test]
+    fn escaped_structure_is_data() {
+        // Query: `%2C` and `%3D` in a value are data; decoded once only.
+        assert_eq!(
+            descriptors_of("descriptor=tenant=demo%2Cx%3D1", &[]),
+            vec![one("tenant", "demo,x=1")]
+        );
+        assert_eq!(
+            descriptors_of("descriptor=tenant=a%253B", &[]),
+            vec![one("tenant", "a%3B")],
+            "decoded once"
+        );
+        // Wholly encoded (a form encoder's output): decoded once, then read.
+        assert_eq!(
+            descriptors_of("descriptor=tenant%3Dacme%2Cpath%3D%2Fv1", &[]),
+            vec![vec![
+                ("tenant".to_string(), "acme".to_string()),
+                ("path".to_string(), "/v1".to_string())
+            ]]
+        );
+        // Header: raw `,` and `;` are structure, escaped ones are data.
+        assert_eq!(
+            descriptors_of(
+                "",
+                &[("x-tollgate-descriptor", "tenant=me%3Btenant%3Dv%2Cx")]
+            ),
+            vec![one("tenant", "me;tenant=v,x")]
+        );
     }
 
     #[test]
@@ -364,6 +585,17 @@ mod tests {
         // An empty domain passes here and is refused by the shared validator.
         let (r, _) = from_query_and_headers("descriptor=a=b", &h).unwrap();
         assert_eq!(check_from_proto(r).unwrap_err(), "domain must not be empty");
+    }
+
+    #[test]
+    fn client_text_in_errors_cannot_forge_log_lines() {
+        let e = from_query_and_headers(
+            "x%0A2026-01-01T00:00:00Z%20ERROR%20forged=1",
+            &HeaderMap::new(),
+        )
+        .unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("x\\n2026"), "{e}");
     }
 
     #[test]

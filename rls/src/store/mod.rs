@@ -8,12 +8,14 @@ mod error;
 pub mod keys;
 mod memory;
 mod redis;
+mod redis_errors;
 mod redis_freed;
+mod redis_link;
 
 pub use arith::HitState;
 pub use arith::SLOT_RETRY_MS;
-pub use breaker::{Breaker, Health, FAILURES_TO_OPEN};
-pub use error::StoreError;
+pub use breaker::{Breaker, Health, FAILURES_TO_OPEN, LOG_SUMMARY_EVERY};
+pub use error::{Refusal, StoreError};
 pub use keys::counter_key;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;

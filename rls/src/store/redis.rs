@@ -4,7 +4,8 @@
 //! `tg:{<rule or quota id>}:<limit>:<escaped values>[:<window start s>]`.
 //! The `{id}` hash tag puts all of one rule's counters in one Redis Cluster
 //! slot. Keys expire on their own: a window at its end, a bucket when it is
-//! full again, so Redis holds only live counters.
+//! full again, so Redis holds only live counters. The health probe writes
+//! `tg:probe:<instance>:<second>` (see [`RedisStore`]'s `ping`).
 //!
 //! On a single Redis a request is one script call, atomic. On a Redis
 //! Cluster a request whose rules live in different slots is taken in
@@ -14,78 +15,35 @@
 //! the earlier slots' counters briefly taken.
 
 use super::arith::{self, HitState};
+use super::redis_errors::classify;
+use super::redis_link::{Backend, Conn, Link};
 use super::{counter_key, Counter, Hit, Hold, SettleOp, Store, StoreError, TakeOutcome};
-use crate::rules::Algorithm;
-use arc_swap::ArcSwapOption;
+use crate::repeated::Repeats;
+use crate::rules::{Algorithm, Limit, Period};
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
+use redis::{Script, ScriptInvocation};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// One Redis, or a Redis Cluster.
-enum Backend {
-    Single {
-        client: redis::Client,
-        config: ConnectionManagerConfig,
-    },
-    Cluster(ClusterClient),
-}
-
-/// A connection of either kind; both reconnect by themselves.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
 
 /// Counters in Redis, shared by every tollgate instance that points at it.
 pub struct RedisStore {
-    backend: Backend,
+    /// The connection, made in the background on first use (see
+    /// `redis_link`): tollgate starts, and answers by `on_error`, with
+    /// Redis down or silent, and uses it as soon as it answers.
+    link: Link,
     connect_timeout: Duration,
-    /// Set once the first connection succeeds; it reconnects by itself
-    /// after that. Empty while Redis has never answered, so tollgate starts
-    /// (and answers by `on_error`) with Redis down.
-    conn: ArcSwapOption<Conn>,
-    connecting: tokio::sync::Mutex<()>,
     take: Script,
     settle: Script,
+    /// The longest any call waits, connection included.
     timeout: Duration,
     /// One client per node for the freed-capacity subscription (see
     /// `redis_freed`), and this instance's name in its messages.
     subscribers: Vec<redis::Client>,
     instance: String,
+    /// Failed cluster roll-backs, logged once and then summarised.
+    rollback_failures: Repeats,
 }
 
 /// The 7 values `common.lua`'s `spec()` reads for one counter.
@@ -122,23 +80,6 @@ fn push_spec(
         .arg(cost)
         .arg(flag)
         .arg(anchor);
-}
-
-/// Whether Redis refused our credentials: a wrong password or ACL user
-/// (`AUTH` failed), none given (`NOAUTH`), or a user without the rights
-/// for `EVALSHA` (`NOPERM`). The messages never carry the password.
-fn is_auth(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
-}
-
-/// A failure to connect or to ping, told apart from refused credentials.
-fn unavailable(e: redis::RedisError) -> StoreError {
-    if is_auth(&e) {
-        StoreError::Auth(e.to_string())
-    } else {
-        StoreError::Unavailable(e.to_string())
-    }
 }
 
 /// The hash tag of a key (`{...}`), which decides its cluster slot.
@@ -200,17 +141,17 @@ impl RedisStore {
                 config: ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500)),
+                    // One try per attempt: retrying is the breaker's job
+                    // (its probes pace the attempts), and a retry's backoff
+                    // would hide the real error behind `connect_timeout`.
+                    .set_number_of_retries(0),
             }
         };
         Ok(RedisStore {
             subscribers,
             instance: uuid::Uuid::new_v4().simple().to_string(),
-            backend,
+            link: Link::new(backend, connect_timeout),
             connect_timeout,
-            conn: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
             take: Script::new(concat!(
                 include_str!("../../../lua/common.lua"),
                 include_str!("../../../lua/take.lua")
@@ -220,6 +161,7 @@ impl RedisStore {
                 include_str!("../../../lua/settle.lua")
             )),
             timeout,
+            rollback_failures: Repeats::new(super::breaker::LOG_SUMMARY_EVERY),
         })
     }
 
@@ -230,7 +172,7 @@ impl RedisStore {
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
         let store = RedisStore::new(&[url.to_string()], false, None, connect_timeout, timeout)?;
-        store.connection().await?;
+        store.link.connection().await?;
         Ok(store)
     }
 
@@ -241,64 +183,56 @@ impl RedisStore {
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
         let store = RedisStore::new(urls, true, None, connect_timeout, timeout)?;
-        store.connection().await?;
+        store.link.connection().await?;
         Ok(store)
     }
 
     fn is_cluster(&self) -> bool {
-        matches!(self.backend, Backend::Cluster(_))
+        self.link.is_cluster()
     }
 
-    async fn connection(&self) -> Result<Conn, StoreError> {
-        if let Some(c) = self.conn.load_full() {
-            return Ok((*c).clone());
-        }
-        // One connection attempt at a time; the others wait for its result.
-        let _guard = self.connecting.lock().await;
-        if let Some(c) = self.conn.load_full() {
-            return Ok((*c).clone());
-        }
-        let connecting = async {
-            match &self.backend {
-                Backend::Single { client, config } => {
-                    ConnectionManager::new_with_config(client.clone(), config.clone())
-                        .await
-                        .map(Conn::Single)
-                }
-                Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+    /// Runs `call` on the connection within the store timeout, the wait for
+    /// a connection included: no call waits on Redis longer than that,
+    /// connected or not.
+    async fn within<T, F>(&self, call: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let conn = match tokio::time::timeout_at(deadline, self.link.connection()).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                let last = match self.link.last_error() {
+                    Some(e) => format!("; the last attempt: {e}"),
+                    None => String::new(),
+                };
+                return Err(StoreError::Unavailable(format!(
+                    "no connection to redis within {:?} (connecting in the background{last})",
+                    self.timeout
+                )));
             }
         };
-        let conn = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| StoreError::Timeout(self.connect_timeout))?
-            .map_err(unavailable)?;
-        self.conn.store(Some(Arc::new(conn.clone())));
-        Ok(conn)
+        match tokio::time::timeout_at(deadline, call(conn)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                let e = classify(&e, self.timeout);
+                if matches!(e, StoreError::Auth(_)) {
+                    // Credentials fixed on the Redis side are found by the
+                    // next call's new connection.
+                    self.link.reset();
+                }
+                Err(e)
+            }
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
     }
 
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         call: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.connection().await?;
-        let reply = tokio::time::timeout(self.timeout, call.invoke_async::<T>(&mut conn))
+        self.within(|mut conn| async move { call.invoke_async::<T>(&mut conn).await })
             .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?;
-        reply.map_err(|e| {
-            if is_auth(&e) {
-                StoreError::Auth(e.to_string())
-            } else if e.is_timeout() {
-                StoreError::Timeout(self.timeout)
-            } else if e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-                || e.is_cluster_error()
-            {
-                StoreError::Unavailable(e.to_string())
-            } else {
-                StoreError::Protocol(e.to_string())
-            }
-        })
     }
 
     /// One take.lua call over `hits`. `record` writes the hold's record
@@ -459,11 +393,26 @@ impl RedisStore {
             let refs: Vec<&SettleOp> = ops.iter().collect();
             let holder = hold.map(|h| h.holder.as_str()).unwrap_or("");
             if let Err(e) = self.run_settle(first, holder, &refs, false, now_ms).await {
-                tracing::warn!(error = %e, "rollback of an earlier slot failed; its counters stay taken until they expire");
+                if let Some(unlogged) = self.rollback_failures.note() {
+                    tracing::warn!(error = %e, unlogged_since_last_line = unlogged, "rollback of an earlier slot failed; its counters stay taken until they expire");
+                }
             }
         }
     }
 }
+
+/// The probe counter's key, before the instance id: outside every rule's
+/// `tg:{...}` space, under the same `tg:` prefix (one ACL pattern covers
+/// both). One key per instance per second, expiring with its window.
+const PROBE_PREFIX: &str = "tg:probe:";
+
+/// The probe counter: a per-second window that never fills (one take a
+/// second) and never denies (not enforced).
+const PROBE_LIMIT: Limit = Limit {
+    amount: 1_000_000,
+    period: Period::Second,
+    algorithm: Algorithm::FixedWindow,
+};
 
 /// A state for a hit whose slot was never asked (an earlier one denied).
 const UNKNOWN: HitState = HitState {
@@ -579,44 +528,43 @@ impl Store for RedisStore {
     }
 
     async fn record(&self, record_key: &str, _now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut conn = self.connection().await?;
-        let reply = tokio::time::timeout(
-            self.timeout,
+        self.within(|mut conn| async move {
             redis::cmd("GET")
                 .arg(record_key)
-                .query_async::<Option<Vec<u8>>>(&mut conn),
-        )
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
         .await
-        .map_err(|_| StoreError::Timeout(self.timeout))?;
-        reply.map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    /// A write, not a `PING`: a Redis that answers `PING` but refuses
+    /// every write (OOM, READONLY, ...) is not healthy. One `take.lua` call
+    /// on this instance's probe counter, the same script and key prefix
+    /// (so the same ACL) as a decision.
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        tokio::time::timeout(
-            self.timeout,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.timeout))?
-        .map(|_| ())
-        .map_err(unavailable)
+        let probe = Hit {
+            key: format!("{PROBE_PREFIX}{}", self.instance),
+            counter: Counter::Rate(PROBE_LIMIT),
+            cost: 1,
+            enforce: false,
+        };
+        let now_ms = crate::engine::Clock::System.now_ms();
+        self.run(&[&probe], None, false, now_ms, true)
+            .await
+            .map(|_| ())
     }
 
     async fn announce_freed(&self, keys: &[String]) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
         let message = super::redis_freed::encode(&self.instance, keys);
-        tokio::time::timeout(
-            self.timeout,
+        self.within(|mut conn| async move {
             redis::cmd("PUBLISH")
                 .arg(super::redis_freed::CHANNEL)
                 .arg(message)
-                .query_async::<i64>(&mut conn),
-        )
+                .query_async::<i64>(&mut conn)
+                .await
+        })
         .await
-        .map_err(|_| StoreError::Timeout(self.timeout))?
         .map(|_| ())
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     fn freed_by_others(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<String>>> {

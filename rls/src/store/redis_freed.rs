@@ -68,7 +68,13 @@ pub fn subscribe(
                     tracing::debug!("subscribed to {CHANNEL}");
                     backoff = Duration::from_millis(100);
                     let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
+                    loop {
+                        let msg = tokio::select! {
+                            msg = messages.next() => msg,
+                            // The listener stopped (shutdown): so do we.
+                            _ = tx.closed() => return,
+                        };
+                        let Some(msg) = msg else { break };
                         if let Some(keys) = decode(msg.get_payload_bytes(), &me) {
                             // A full queue drops the wake: the heads' own
                             // timers still fire.
@@ -82,7 +88,10 @@ pub fn subscribe(
                 Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to {CHANNEL}"),
                 Err(_) => tracing::debug!("subscribing to {CHANNEL} timed out"),
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = tx.closed() => return,
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     });
