@@ -438,8 +438,10 @@ max_concurrent = 0
     }
 
     #[test]
-    fn an_error_at_the_end_of_the_file_names_its_last_line() {
-        let e = parse_str("t.toml", "[[rule]]\n").unwrap_err();
-        assert!(e.0.iter().all(|e| e.line == 1), "{e}");
+    fn an_offset_at_the_end_of_the_file_is_on_its_last_line() {
+        let src = crate::config::error::Source::new("t.toml", "a = 1\n");
+        assert_eq!(src.line_of(0), 1);
+        assert_eq!(src.line_of(6), 1, "after the last newline");
+        assert_eq!(crate::config::error::Source::new("t", "").line_of(0), 1);
     }
 }
