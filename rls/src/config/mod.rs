@@ -10,6 +10,7 @@
 mod error;
 mod file;
 mod load;
+mod redis_url;
 mod runtime;
 mod suggest;
 mod tree;

@@ -5,6 +5,7 @@ use super::error::Source;
 use super::file::{
     ClassView, LimitView, LlmView, ModelView, QuotaView, RuleView, ServerView, StoreView,
 };
+use super::redis_url;
 use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES, LOG_FORMATS, PERIODS, STORE_KINDS};
 use super::tree::{self, Document};
 use super::validate_llm;
@@ -200,28 +201,11 @@ fn store_config(
             _ => Err(suggest::expected(t, STORE_KINDS)),
         });
     }
-    if let Some(s) = v.url {
-        let urls: Vec<String> = s
-            .get_ref()
-            .split(',')
-            .map(|u| u.trim().to_string())
-            .collect();
-        for u in &urls {
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                errors.push(src.error(
-                    s.span().start,
-                    "store.url",
-                    format!(
-                        "`{}` must start with redis:// or rediss://",
-                        validate_tls::redacted_url(u)
-                    ),
-                ));
-            }
-        }
-        c.urls = urls;
-    }
     if let Some(b) = v.cluster {
         c.cluster = b;
+    }
+    if let Some(s) = &v.url {
+        c.urls = redis_url::urls(src, s, c.cluster, errors);
     }
     if let Some(s) = v.connect_timeout {
         parse_into(
