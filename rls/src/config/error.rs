@@ -120,7 +120,9 @@ impl<'a> Source<'a> {
                 let l = l.trim();
                 l.starts_with('[')
                     .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
-            });
+            })
+            // A header still being written (`[`) names no table.
+            .filter(|t| !t.is_empty());
         let field = match (table, key) {
             (Some(t), Some(k)) => format!("{t}.{k}"),
             (Some(t), None) => t,

@@ -61,11 +61,11 @@ impl<'a> Document<'a> {
         doc.entries.retain(|(key, _)| {
             let known = TOP_LEVEL.contains(&key.get_ref().as_ref());
             if !known {
-                errors.push(src.error(
-                    key.span().start,
-                    key.get_ref().as_ref(),
-                    unknown(key.get_ref(), TOP_LEVEL),
-                ));
+                let field = match key.get_ref().as_ref() {
+                    "" => "\"\"",
+                    k => k,
+                };
+                errors.push(src.error(key.span().start, field, unknown(key.get_ref(), TOP_LEVEL)));
             }
             known
         });
@@ -435,6 +435,19 @@ max_concurrent = 0
         let mut lines: Vec<&str> = e.iter().map(|l| l.split(':').nth(1).unwrap()).collect();
         lines.dedup();
         assert_eq!(lines.len(), e.len(), "{e:#?}");
+    }
+
+    /// Found by the `config_toml` fuzz target: an error named no field.
+    #[test]
+    fn every_error_names_a_field() {
+        for text in [
+            "' = \u{8}\0\0\0[1\n[\nx\n",
+            "\"\" = 1\n",
+            "[[rule]]\n\"\" = 1\n",
+        ] {
+            let e = parse_str("t.toml", text).unwrap_err();
+            assert!(e.0.iter().all(|e| !e.field.is_empty()), "{text:?}: {e}");
+        }
     }
 
     #[test]
