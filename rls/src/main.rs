@@ -114,6 +114,8 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (info).
+/// Human lines escape control characters in every field (JSON lines are
+/// escaped by JSON): see [`logs::EscapedFields`].
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
@@ -123,6 +125,119 @@ fn init_logs(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+        LogFormat::Human => builder.fmt_fields(logs::EscapedFields).init(),
+    }
+}
+
+/// One event, one line: values that came from clients (a query value's
+/// `%0A`, a descriptor, a model name) are written with `\n`, `\r`, `\t`
+/// and other control characters escaped, so they cannot forge a log line
+/// or send escape sequences to a terminal. Done once here, in the field
+/// formatter of every event and span, rather than at each call site.
+mod logs {
+    use std::fmt::{self, Write};
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::field::RecordFields;
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::FormatFields;
+
+    /// The human format's fields as `DefaultFields` writes them
+    /// (`message key=value ...`), each value escaped.
+    pub struct EscapedFields;
+
+    impl<'w> FormatFields<'w> for EscapedFields {
+        fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+            let mut visitor = Visitor {
+                writer,
+                result: Ok(()),
+                pad: false,
+            };
+            fields.record(&mut visitor);
+            visitor.result
+        }
+    }
+
+    struct Visitor<'w> {
+        writer: Writer<'w>,
+        result: fmt::Result,
+        pad: bool,
+    }
+
+    impl Visit for Visitor<'_> {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "message" {
+                self.record(field, format_args!("{value}"));
+            } else {
+                self.record(field, format_args!("{value:?}"));
+            }
+        }
+
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            self.record(field, format_args!("{value:?}"));
+        }
+    }
+
+    impl Visitor<'_> {
+        fn record(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+            // `log.*` fields are the `log` crate's metadata, shown already.
+            if self.result.is_ok() && !field.name().starts_with("log.") {
+                self.result = self.write(field.name(), value);
+            }
+        }
+
+        fn write(&mut self, name: &str, value: fmt::Arguments<'_>) -> fmt::Result {
+            if std::mem::replace(&mut self.pad, true) {
+                self.writer.write_char(' ')?;
+            }
+            if name != "message" {
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                if self.writer.has_ansi_escapes() {
+                    // Italic name, dimmed `=`, as `DefaultFields` does.
+                    write!(self.writer, "\x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m")?;
+                } else {
+                    write!(self.writer, "{name}=")?;
+                }
+            }
+            Escaping(&mut self.writer).write_fmt(value)
+        }
+    }
+
+    /// Writes through to `W` with control characters escaped.
+    pub struct Escaping<'a, W: Write>(pub &'a mut W);
+
+    impl<W: Write> Write for Escaping<'_, W> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                match c {
+                    '\n' => self.0.write_str("\\n")?,
+                    '\r' => self.0.write_str("\\r")?,
+                    '\t' => self.0.write_str("\\t")?,
+                    // C0, DEL and C1 controls (ESC among them), and the
+                    // Unicode line and paragraph separators.
+                    c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                        write!(self.0, "\\u{{{:x}}}", u32::from(c))?
+                    }
+                    c => self.0.write_char(c)?,
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Escaping;
+        use std::fmt::Write;
+
+        #[test]
+        fn control_characters_are_escaped() {
+            let mut out = String::new();
+            write!(
+                Escaping(&mut out),
+                "a\nb\r\nc\td\x1b[31me\u{85}f\u{2028}g é"
+            )
+            .unwrap();
+            assert_eq!(out, "a\\nb\\r\\nc\\td\\u{1b}[31me\\u{85}f\\u{2028}g é");
+        }
     }
 }

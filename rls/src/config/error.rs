@@ -59,6 +59,8 @@ pub(crate) struct Source<'a> {
     /// Byte offset of each line's start: a lookup is a binary search, so
     /// locating every rule of a 10,000-rule file stays linear overall.
     line_starts: Vec<usize>,
+    /// The number of lines (as `str::lines` counts them), at least 1.
+    last_line: usize,
 }
 
 impl<'a> Source<'a> {
@@ -70,14 +72,19 @@ impl<'a> Source<'a> {
             name,
             text,
             line_starts,
+            last_line: text.lines().count().max(1),
         }
     }
 
+    /// The line of a byte offset; an offset at the very end (after a last
+    /// newline) belongs to the last line, so every line named is one the
+    /// file has.
     pub fn line_of(&self, offset: usize) -> usize {
-        match self.line_starts.binary_search(&offset) {
+        let line = match self.line_starts.binary_search(&offset) {
             Ok(i) => i + 1,
             Err(i) => i,
-        }
+        };
+        line.clamp(1, self.last_line)
     }
 
     pub fn error(
@@ -113,7 +120,9 @@ impl<'a> Source<'a> {
                 let l = l.trim();
                 l.starts_with('[')
                     .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
-            });
+            })
+            // A header still being written (`[`) names no table.
+            .filter(|t| !t.is_empty());
         let field = match (table, key) {
             (Some(t), Some(k)) => format!("{t}.{k}"),
             (Some(t), None) => t,

@@ -1,25 +1,10 @@
-//! The serde view of one config file. Fields that validation may refuse
-//! are `Spanned`, so the error can name their line.
+//! The serde views of a config file's tables (`tree` deserializes each
+//! table on its own). Fields that validation may refuse are `Spanned`, so
+//! the error can name their line.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileView {
-    pub server: Option<Spanned<ServerView>>,
-    pub store: Option<Spanned<StoreView>>,
-    #[serde(default)]
-    pub rule: Vec<Spanned<RuleView>>,
-    pub llm: Option<Spanned<LlmView>>,
-    #[serde(default)]
-    pub model: Vec<Spanned<ModelView>>,
-    #[serde(default)]
-    pub quota: Vec<Spanned<QuotaView>>,
-    #[serde(default)]
-    pub class: Vec<Spanned<ClassView>>,
-}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

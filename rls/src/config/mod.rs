@@ -1,14 +1,19 @@
 //! Configuration: the TOML a platform team writes, checked whole before a
 //! byte of it is used.
 //!
-//! `file` is the serde view of one file (spans kept for error lines),
+//! `tree` parses a file to a spanned tree and deserializes each table on
+//! its own into the serde views of `file` (spans kept for error lines),
 //! `validate` turns the views into the runtime [`Config`], `error` reports
-//! every problem as `file:line: field: what is wrong`.
+//! every problem as `file:line: field: what is wrong`, with `suggest`'s
+//! nearest valid name for a misspelt one.
 
 mod error;
 mod file;
 mod load;
+mod redis_url;
 mod runtime;
+mod suggest;
+mod tree;
 mod validate;
 mod validate_llm;
 mod validate_tls;

@@ -2,14 +2,19 @@
 //! carries on, so one run reports all of them.
 
 use super::error::Source;
-use super::file::{FileView, LimitView, RuleView, ServerView, StoreView};
+use super::file::{
+    ClassView, LimitView, LlmView, ModelView, QuotaView, RuleView, ServerView, StoreView,
+};
+use super::redis_url;
+use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES, LOG_FORMATS, PERIODS, STORE_KINDS};
+use super::tree::{self, Document};
 use super::validate_llm;
 use super::validate_tls;
 use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreConfig, StoreKind};
 use crate::rules::{
     Algorithm, EntryPattern, FailurePolicy, Limit, LlmConfig, Period, Rule, RuleId, RuleSet,
 };
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use toml::Spanned;
@@ -21,51 +26,73 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     let mut rules = Vec::new();
     let mut llm = LlmConfig::default();
     let mut llm_set = false;
+    // `file:line` of each model, beside `llm.models`, for cross-checks.
+    let mut model_sources = Vec::new();
     for src in sources {
-        let view: FileView = match toml::from_str(src.text) {
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(src.toml_error(&e));
-                continue;
-            }
+        let Some(mut doc) = Document::parse(src, &mut errors) else {
+            continue;
         };
-        if let Some(s) = view.server {
+        if let Some(s) = doc.table::<ServerView>(src, "server", &mut errors) {
             if server.is_some() {
-                errors.push(src.error(s.span().start, "server", "[server] is set in two files"));
+                errors.push(src.error(
+                    s.view.span().start,
+                    "server",
+                    "[server] is set in two files",
+                ));
             }
-            server = Some(server_config(src, s.into_inner(), &mut errors));
+            server = Some(server_config(src, s.view.into_inner(), &mut errors));
         }
-        if let Some(s) = view.store {
+        if let Some(s) = doc.table::<StoreView>(src, "store", &mut errors) {
             if store.is_some() {
-                errors.push(src.error(s.span().start, "store", "[store] is set in two files"));
+                errors.push(src.error(s.view.span().start, "store", "[store] is set in two files"));
             }
-            store = Some(store_config(src, s.into_inner(), &mut errors));
+            let url_dropped = s.dropped("url");
+            store = Some(store_config(
+                src,
+                s.view.into_inner(),
+                url_dropped,
+                &mut errors,
+            ));
         }
-        for (i, r) in view.rule.into_iter().enumerate() {
-            if let Some(rule) = rule(src, i, r, &mut errors) {
-                rules.push(rule);
+        for (i, value) in doc.array(src, "rule", &mut errors).into_iter().enumerate() {
+            let before = errors.len();
+            if let Some(r) = tree::view::<RuleView>(src, "rule", value, &mut errors) {
+                if let Some(rule) = rule(src, i, r.view, before, &mut errors) {
+                    rules.push(rule);
+                }
             }
         }
-        if let Some(l) = view.llm {
+        if let Some(l) = doc.table::<LlmView>(src, "llm", &mut errors) {
             if llm_set {
-                errors.push(src.error(l.span().start, "llm", "[llm] is set in two files"));
+                errors.push(src.error(l.view.span().start, "llm", "[llm] is set in two files"));
             }
             llm_set = true;
-            llm.settings = validate_llm::settings(src, l.into_inner(), &mut errors);
+            llm.settings = validate_llm::settings(src, l.view.into_inner(), &mut errors);
         }
-        for m in view.model {
-            llm.models.push(validate_llm::model(src, m, &mut errors));
-        }
-        for q in view.quota {
-            if let Some(q) = validate_llm::quota(src, q, &mut errors) {
-                llm.quotas.push(q);
+        for value in doc.array(src, "model", &mut errors) {
+            if let Some(m) = tree::view::<ModelView>(src, "model", value, &mut errors) {
+                model_sources.push(format!("{}:{}", src.name, src.line_of(m.view.span().start)));
+                llm.models
+                    .push(validate_llm::model(src, m.view, &mut errors));
             }
         }
-        for c in view.class {
-            llm.classes.0.push(validate_llm::class(src, c, &mut errors));
+        for value in doc.array(src, "quota", &mut errors) {
+            let before = errors.len();
+            if let Some(q) = tree::view::<QuotaView>(src, "quota", value, &mut errors) {
+                if let Some(q) = validate_llm::quota(src, q.view, before, &mut errors) {
+                    llm.quotas.push(q);
+                }
+            }
+        }
+        for value in doc.array(src, "class", &mut errors) {
+            if let Some(c) = tree::view::<ClassView>(src, "class", value, &mut errors) {
+                llm.classes
+                    .0
+                    .push(validate_llm::class(src, c.view, &mut errors));
+            }
         }
     }
-    validate_llm::cross_check(&llm.models, &llm.quotas, &mut errors);
+    validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
     let rules = match RuleSet::new(rules.clone()) {
@@ -86,6 +113,9 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
         }
     };
     if !errors.is_empty() {
+        // Top to bottom, file by file: the order an operator fixes them in.
+        let file_index = |e: &ConfigError| sources.iter().position(|s| s.name == e.file);
+        errors.sort_by_key(|e| (file_index(e), e.line));
         return Err(ConfigErrors(errors));
     }
     Ok(Config {
@@ -137,7 +167,7 @@ fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> 
             |t| match t {
                 "human" => Ok(LogFormat::Human),
                 "json" => Ok(LogFormat::Json),
-                _ => Err(format!("`{t}`: expected `human` or `json`")),
+                _ => Err(suggest::expected(t, LOG_FORMATS)),
             },
         );
     }
@@ -155,38 +185,26 @@ fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> 
     c
 }
 
-fn store_config(src: &Source, v: StoreView, errors: &mut Vec<ConfigError>) -> StoreConfig {
+fn store_config(
+    src: &Source,
+    v: StoreView,
+    url_dropped: bool,
+    errors: &mut Vec<ConfigError>,
+) -> StoreConfig {
     let mut c = StoreConfig::default();
     let kind_at = v.kind.as_ref().map(|k| k.span().start).unwrap_or(0);
     if let Some(s) = v.kind {
         parse_into(src, &s, "store.kind", errors, &mut c.kind, |t| match t {
             "memory" => Ok(StoreKind::Memory),
             "redis" => Ok(StoreKind::Redis),
-            _ => Err(format!("`{t}`: expected `memory` or `redis`")),
+            _ => Err(suggest::expected(t, STORE_KINDS)),
         });
-    }
-    if let Some(s) = v.url {
-        let urls: Vec<String> = s
-            .get_ref()
-            .split(',')
-            .map(|u| u.trim().to_string())
-            .collect();
-        for u in &urls {
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                errors.push(src.error(
-                    s.span().start,
-                    "store.url",
-                    format!(
-                        "`{}` must start with redis:// or rediss://",
-                        validate_tls::redacted_url(u)
-                    ),
-                ));
-            }
-        }
-        c.urls = urls;
     }
     if let Some(b) = v.cluster {
         c.cluster = b;
+    }
+    if let Some(s) = &v.url {
+        c.urls = redis_url::urls(src, s, c.cluster, errors);
     }
     if let Some(s) = v.connect_timeout {
         parse_into(
@@ -212,21 +230,24 @@ fn store_config(src: &Source, v: StoreView, errors: &mut Vec<ConfigError>) -> St
         );
     }
     c.tls = validate_tls::store(src, v.tls_ca, v.tls_cert, v.tls_key, &c.urls, errors);
-    if c.kind == StoreKind::Redis && c.urls.is_empty() {
+    if c.kind == StoreKind::Redis && c.urls.is_empty() && !url_dropped {
         errors.push(src.error(kind_at, "store.url", "kind = \"redis\" needs a url"));
     }
     c
 }
 
+/// One `[[rule]]`; `before` is the error count before its table was read,
+/// so a rule with any error (type errors included) is not built, and no
+/// "missing" error is added for a field already reported as wrong.
 fn rule(
     src: &Source,
     index: usize,
     view: Spanned<RuleView>,
+    before: usize,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Rule> {
     let at = view.span().start;
     let v = view.into_inner();
-    let before = errors.len();
     let field = |name: &str| format!("rule[{index}].{name}");
 
     let domain = v.domain.get_ref().trim().to_string();
@@ -264,7 +285,11 @@ fn rule(
             errors.push(src.error(
                 offset,
                 field("limit.per"),
-                format!("`{}`: expected second, minute, hour or day", lv.per),
+                format!(
+                    "`{}`: expected second, minute, hour or day{}",
+                    lv.per,
+                    suggest::hint(&lv.per, PERIODS.iter().copied())
+                ),
             ));
             return;
         };
@@ -371,7 +396,7 @@ fn rule(
 /// Names are what `replaces` and metrics refer to: they must be unique and
 /// every replaced name must exist.
 fn check_names(rules: &[Rule], errors: &mut Vec<ConfigError>) {
-    let mut seen = HashSet::new();
+    let mut seen = BTreeSet::new();
     for r in rules {
         if let Some(n) = &r.name {
             if !seen.insert(n.as_str()) {
@@ -389,7 +414,10 @@ fn check_names(rules: &[Rule], errors: &mut Vec<ConfigError>) {
                 errors.push(ConfigError::at(
                     &r.source,
                     "rule.replaces",
-                    format!("no rule is named `{n}`"),
+                    format!(
+                        "no rule is named `{n}`{}",
+                        suggest::hint(n, seen.iter().copied())
+                    ),
                 ));
             }
         }
@@ -430,13 +458,22 @@ fn duration(t: &str) -> Result<Duration, String> {
     humantime::parse_duration(t).map_err(|e| format!("`{t}`: {e} (write e.g. \"50ms\", \"5s\")"))
 }
 
-fn failure_policy(t: &str) -> Result<FailurePolicy, String> {
-    FailurePolicy::parse(t)
-        .ok_or_else(|| format!("`{t}`: expected fail_open, fail_closed or local"))
+pub(super) fn failure_policy(t: &str) -> Result<FailurePolicy, String> {
+    FailurePolicy::parse(t).ok_or_else(|| {
+        format!(
+            "`{t}`: expected fail_open, fail_closed or local{}",
+            suggest::hint(t, FAILURE_POLICIES.iter().copied())
+        )
+    })
 }
 
-fn algorithm_of(t: &str) -> Result<Algorithm, String> {
-    Algorithm::parse(t).ok_or_else(|| format!("`{t}`: expected fixed_window or token_bucket"))
+pub(super) fn algorithm_of(t: &str) -> Result<Algorithm, String> {
+    Algorithm::parse(t).ok_or_else(|| {
+        format!(
+            "`{t}`: expected fixed_window or token_bucket{}",
+            suggest::hint(t, ALGORITHMS.iter().copied())
+        )
+    })
 }
 
 #[cfg(test)]

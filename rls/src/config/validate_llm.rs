@@ -2,10 +2,12 @@
 
 use super::error::Source;
 use super::file::{ClassView, CountView, LlmView, ModelView, QuotaView};
+use super::suggest::{self, COUNTS, ESTIMATORS, IDENTITY_KEYS, MAX_WAIT_WORDS, SETTLE_POLICIES};
+use super::validate::{algorithm_of, failure_policy};
 use super::ConfigError;
 use crate::rules::{
-    Algorithm, Class, CountSpec, Estimator, FailurePolicy, IdentityKey, Limit, LlmSettings,
-    MaxWait, Model, Period, Quota, QuotaLimit, RuleId, SettlePolicy, ValuePattern,
+    Algorithm, Class, CountSpec, Estimator, IdentityKey, Limit, LlmSettings, MaxWait, Model,
+    Period, Quota, QuotaLimit, RuleId, SettlePolicy, ValuePattern,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -28,7 +30,7 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
             None => errors.push(src.error(
                 e.span().start,
                 "llm.estimator",
-                format!("`{}`: expected `bpe` or `bytes`", e.get_ref()),
+                suggest::expected(e.get_ref(), ESTIMATORS),
             )),
         }
     }
@@ -66,8 +68,9 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
                     p.span().start,
                     field,
                     format!(
-                        "`{}`: expected keep_estimate, refund or charge_streamed",
-                        p.get_ref()
+                        "`{}`: expected keep_estimate, refund or charge_streamed{}",
+                        p.get_ref(),
+                        suggest::hint(p.get_ref(), SETTLE_POLICIES.iter().copied())
                     ),
                 )),
             }
@@ -124,7 +127,8 @@ fn max_wait(
     match MaxWait::parse(v.get_ref()) {
         Ok(w) => Some(w),
         Err(e) => {
-            errors.push(src.error(v.span().start, field, e));
+            let hint = suggest::hint(v.get_ref(), MAX_WAIT_WORDS.iter().copied());
+            errors.push(src.error(v.span().start, field, format!("{e}{hint}")));
             None
         }
     }
@@ -148,7 +152,10 @@ fn matchers(
             None => errors.push(src.error(
                 table.span().start.max(at),
                 field,
-                format!("`{k}`: expected tenant, api_key, class, model or route"),
+                format!(
+                    "`{k}`: expected tenant, api_key, class, model or route{}",
+                    suggest::hint(k, IDENTITY_KEYS.iter().copied())
+                ),
             )),
         }
     }
@@ -183,14 +190,16 @@ pub(crate) fn model(src: &Source, v: Spanned<ModelView>, errors: &mut Vec<Config
     }
 }
 
+/// One `[[quota]]`; `before` is the error count before its table was
+/// read, so a quota with any error (type errors included) is not built.
 pub(crate) fn quota(
     src: &Source,
     v: Spanned<QuotaView>,
+    before: usize,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Quota> {
     let at = v.span().start;
     let q = v.into_inner();
-    let before = errors.len();
     let name = q.name.get_ref().trim().to_string();
     let field = |f: &str| format!("quota.{f}");
     if name.is_empty() {
@@ -200,13 +209,9 @@ pub(crate) fn quota(
     let max_wait = max_wait(src, q.max_wait.as_ref(), "quota.max_wait", errors);
     let mut algorithm = Algorithm::FixedWindow;
     if let Some(a) = &q.algorithm {
-        match Algorithm::parse(a.get_ref()) {
-            Some(x) => algorithm = x,
-            None => errors.push(src.error(
-                a.span().start,
-                field("algorithm"),
-                format!("`{}`: expected fixed_window or token_bucket", a.get_ref()),
-            )),
+        match algorithm_of(a.get_ref()) {
+            Ok(x) => algorithm = x,
+            Err(e) => errors.push(src.error(a.span().start, field("algorithm"), e)),
         }
     }
     let mut limits = Vec::new();
@@ -262,7 +267,10 @@ pub(crate) fn quota(
                     errors.push(src.error(
                         c.span().start,
                         field("count"),
-                        format!("`{other}`: expected prompt, completion, total or {{ prompt = 1, completion = 4, cached = 0 }}"),
+                        format!(
+                            "`{other}`: expected prompt, completion, total or {{ prompt = 1, completion = 4, cached = 0 }}{}",
+                            suggest::hint(other, COUNTS.iter().copied())
+                        ),
                     ));
                     CountSpec::Total
                 }
@@ -288,16 +296,9 @@ pub(crate) fn quota(
     };
     let mut on_error = None;
     if let Some(p) = &q.on_error {
-        match FailurePolicy::parse(p.get_ref()) {
-            Some(x) => on_error = Some(x),
-            None => errors.push(src.error(
-                p.span().start,
-                field("on_error"),
-                format!(
-                    "`{}`: expected fail_open, fail_closed or local",
-                    p.get_ref()
-                ),
-            )),
+        match failure_policy(p.get_ref()) {
+            Ok(x) => on_error = Some(x),
+            Err(e) => errors.push(src.error(p.span().start, field("on_error"), e)),
         }
     }
     if errors.len() > before {
@@ -387,8 +388,13 @@ pub(crate) fn check_classes(classes: &[Class], errors: &mut Vec<ConfigError>) {
 }
 
 /// Quota names are metric labels and must be unique; fallbacks must name
-/// models that exist.
-pub(crate) fn cross_check(models: &[Model], quotas: &[Quota], errors: &mut Vec<ConfigError>) {
+/// models that exist. `sources[i]` is where `models[i]` is (`file:line`).
+pub(crate) fn cross_check(
+    models: &[Model],
+    sources: &[String],
+    quotas: &[Quota],
+    errors: &mut Vec<ConfigError>,
+) {
     let mut seen = HashSet::new();
     for q in quotas {
         if !seen.insert(q.name.as_str()) {
@@ -401,22 +407,27 @@ pub(crate) fn cross_check(models: &[Model], quotas: &[Quota], errors: &mut Vec<C
     }
     let names: HashSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
     let mut seen = HashSet::new();
-    for m in models {
+    for (m, source) in models.iter().zip(sources) {
         if !seen.insert(m.name.as_str()) {
             errors.push(ConfigError::at(
-                "",
+                source,
                 "model.name",
                 format!("`{}` is defined twice", m.name),
             ));
         }
         for f in &m.fallback {
             if !names.contains(f.as_str()) || f == &m.name {
+                let others = models
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .filter(|o| *o != m.name);
                 errors.push(ConfigError::at(
-                    "",
+                    source,
                     "model.fallback",
                     format!(
-                        "`{}` falls back to `{f}`, which is not another [[model]]",
-                        m.name
+                        "`{}` falls back to `{f}`, which is not another [[model]]{}",
+                        m.name,
+                        suggest::hint(f, others)
                     ),
                 ));
             }

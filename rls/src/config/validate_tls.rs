@@ -137,23 +137,10 @@ pub(super) fn store(
     files
 }
 
-/// A Redis URL fit for an error message: the password replaced by `***`.
-pub(super) fn redacted_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let user = rest[..at].split_once(':').map_or("", |(u, _)| u);
-    format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-}
-
 #[cfg(test)]
 mod tests {
-    use super::redacted_url;
     use crate::config::parse_str;
+    use crate::config::redis_url::redacted_url;
     use std::path::{Path, PathBuf};
 
     #[test]
