@@ -358,9 +358,12 @@ async fn give_back_restores_capacity(s: &Subject) {
 async fn windows_reset_on_the_boundary(s: &Subject) {
     let store = s.store.as_ref();
     let h = hit("boundary", 1, Period::Second, Algorithm::FixedWindow, 1);
+    // Taken half a second before the window ends: Redis expires the key by
+    // its own clock, so it must outlive the real time until the next call
+    // (taken 1 ms before the end, it raced that call on a loaded machine).
     assert!(
         store
-            .take(&[h.clone()], None, T0 + 999)
+            .take(&[h.clone()], None, T0 + 500)
             .await
             .unwrap()
             .admitted
