@@ -33,7 +33,9 @@
 //! cancellation token), `watch` + `reload` (config hot reload), `tls` (the
 //! gRPC listener's certificates, reloaded when their files change; PEM for
 //! `rediss://`), `repeated` (log a repeating condition once, then
-//! summarise). Data flows one way: service -> engine -> store; the engine
+//! summarise), `marketplace` (overflow capacity from an external
+//! marketplace, off by default: a stage of LLM admission). Data flows
+//! one way: service -> engine -> store; the engine
 //! never sees a proto type and a store never sees a rule.
 #![forbid(unsafe_code)]
 
@@ -42,6 +44,7 @@ pub mod app;
 pub mod background;
 pub mod config;
 pub mod engine;
+pub mod marketplace;
 pub mod metrics;
 pub mod reload;
 pub mod repeated;

@@ -52,6 +52,9 @@ pub fn reload(app: &App, path: &Path) -> Reloaded {
         // pretend they changed.
         tracing::warn!("[server] or [store] changed: restart tollgate for those to apply; rules, models and quotas are reloaded now");
     }
+    if old.marketplace.needs_restart(&new.marketplace) {
+        tracing::warn!("[marketplace] endpoint, key, cache, breaker or reports changed (or it was turned on): restart tollgate for those to apply; its models, classes, price cap and allowlist apply now, and turning it off applies at once");
+    }
     let version = new.version.clone();
     tracing::info!(
         version = %version,

@@ -48,8 +48,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
     let built = build_store(&config)?;
+    let market = crate::marketplace::Marketplace::build(&config.marketplace, metrics.clone())?;
     let engine = Engine::new(built.store.clone(), metrics.clone())
-        .with_failure_policy(config.store.on_error, LOCAL_SHARE);
+        .with_failure_policy(config.store.on_error, LOCAL_SHARE)
+        .with_marketplace(market);
     let server = config.server.clone();
     let app = App::new(config, engine, metrics.clone(), built.health.clone());
 
@@ -121,6 +123,11 @@ fn spawn_background(
     if let Some(tls) = grpc_tls {
         crate::tls::spawn_watcher(background, tls.clone());
     }
+    let live = app.clone();
+    let market = app.engine.admission.marketplace();
+    crate::marketplace::spawn(background, market, move || {
+        live.config.load().marketplace.active()
+    });
     let budgets = app.engine.budgets.clone();
     background.spawn("freed capacity listener", |cancel| async move {
         budgets.wake_on_freed_elsewhere(cancel).await

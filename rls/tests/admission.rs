@@ -98,6 +98,7 @@ impl Harness {
             .admit(
                 Ask {
                     llm: &self.config.llm,
+                    marketplace: &self.config.marketplace,
                     identity: Identity {
                         tenant: Some(tenant.into()),
                         route: "/v1/chat/completions".into(),

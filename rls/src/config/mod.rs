@@ -10,12 +10,14 @@
 mod error;
 mod file;
 mod load;
+mod marketplace_view;
 mod redis_url;
 mod runtime;
 mod suggest;
 mod tree;
 mod validate;
 mod validate_llm;
+mod validate_marketplace;
 mod validate_tls;
 
 pub use error::{ConfigError, ConfigErrors};

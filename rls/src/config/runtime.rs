@@ -1,3 +1,4 @@
+use crate::marketplace::MarketplaceConfig;
 use crate::rules::{FailurePolicy, LlmConfig, RuleSet};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ pub struct Config {
     pub rules: Arc<RuleSet>,
     /// Models and token quotas for the ext_proc service.
     pub llm: Arc<LlmConfig>,
+    /// Overflow capacity from an external marketplace; off by default.
+    pub marketplace: MarketplaceConfig,
     /// Content hash of the files, so `/config` and logs say which config
     /// is in force.
     pub version: String,

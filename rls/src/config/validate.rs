@@ -5,10 +5,12 @@ use super::error::Source;
 use super::file::{
     ClassView, LimitView, LlmView, ModelView, QuotaView, RuleView, ServerView, StoreView,
 };
+use super::marketplace_view::MarketplaceView;
 use super::redis_url;
 use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES, LOG_FORMATS, PERIODS, STORE_KINDS};
 use super::tree::{self, Document};
 use super::validate_llm;
+use super::validate_marketplace;
 use super::validate_tls;
 use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreConfig, StoreKind};
 use crate::rules::{
@@ -28,6 +30,7 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     let mut llm_set = false;
     // `file:line` of each model, beside `llm.models`, for cross-checks.
     let mut model_sources = Vec::new();
+    let mut marketplace = None;
     for src in sources {
         let Some(mut doc) = Document::parse(src, &mut errors) else {
             continue;
@@ -91,7 +94,21 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
                     .push(validate_llm::class(src, c.view, &mut errors));
             }
         }
+        if let Some(m) = doc.table::<MarketplaceView>(src, "marketplace", &mut errors) {
+            if marketplace.is_some() {
+                errors.push(src.error(
+                    m.view.span().start,
+                    "marketplace",
+                    "[marketplace] is set in two files",
+                ));
+            }
+            marketplace = Some(validate_marketplace::section(src, m.view, &mut errors));
+        }
     }
+    let marketplace = marketplace.map_or_else(Default::default, |(m, written)| {
+        validate_marketplace::cross_check(&m, &written, &llm, &mut errors);
+        m
+    });
     validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
@@ -123,6 +140,7 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
         store: store.unwrap_or_default(),
         rules: Arc::new(rules),
         llm: Arc::new(llm),
+        marketplace,
         version: String::new(),
         sources: Vec::new(),
         loaded_at: SystemTime::now(),

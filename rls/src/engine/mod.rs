@@ -4,7 +4,8 @@
 //!              ratelimit::RateLimiter          admission::Admission
 //!              (RLS, HTTP check)               (ext_proc: read → model → context →
 //!                     │                         class → candidates → reserve or wait
-//!                     │                         → fallback → deny; finish)
+//!                     │                         → fallback → marketplace → deny;
+//!                     │                         finish, or report)  ──▶ marketplace
 //!                     │                                │
 //!                     │                        budget::Budgets
 //!                     │                        (reserve, wait lines, class shares, settle)
@@ -29,8 +30,8 @@ mod ratelimit;
 mod reservation;
 
 pub use admission::{
-    Admission, Admitted, Ask, Denied, Finished, Outcome, Rejection, ResponseEnd, ResponseReader,
-    SettledBy, OTHER_MODEL,
+    Admission, Admitted, Ask, Brokered, Denied, Finished, Outcome, Rejection, ResponseEnd,
+    ResponseReader, SettledBy, Tried, OTHER_MODEL,
 };
 pub use budget::{
     adjust, cap, BudgetView, Budgets, ClassRatio, Remaining, Reserved, Shares, Ticket, Tuning, Use,
@@ -48,6 +49,7 @@ pub use reservation::{
     token_cost, CountRecord, LimitRecord, Reservation, SettlePlan, Settlement, Taken, TakenKind,
 };
 
+use crate::marketplace::Marketplace;
 use crate::metrics::Metrics;
 use crate::rules::FailurePolicy;
 use crate::store::{MemoryStore, Store};
@@ -82,7 +84,14 @@ impl Engine {
 
     /// The same engine on another clock (tests drive a manual one).
     pub fn with_clock(self, clock: Clock) -> Engine {
-        Engine::from_counters(self.counters().clone().with_clock(clock))
+        let market = self.admission.marketplace().cloned();
+        Engine::from_counters(self.counters().clone().with_clock(clock)).with_marketplace(market)
+    }
+
+    /// The same engine with a marketplace stage in LLM admission.
+    pub fn with_marketplace(mut self, market: Option<Arc<Marketplace>>) -> Engine {
+        self.admission = self.admission.with_marketplace(market);
+        self
     }
 
     /// The same engine answering store failures by `policy`, with `local`
@@ -92,7 +101,9 @@ impl Engine {
             policy,
             local_share,
         };
+        let market = self.admission.marketplace().cloned();
         Engine::from_counters(self.counters().clone().with_fallback(fallback))
+            .with_marketplace(market)
     }
 
     pub fn counters(&self) -> &Counters {

@@ -4,43 +4,65 @@
 //! [`Admission::admit`] runs the stages in order, each of which may answer:
 //!
 //! ```text
-//! read body ─▶ model ─▶ context ─▶ class ─▶ candidates ─▶ reserve or wait ─▶ fallback ─▶ deny
-//!   413/400     400       400                (model +        (budget::wait)    (next         429
-//!                                             fallbacks)                        candidate)
+//! read body ─▶ model ─▶ context ─▶ class ─▶ candidates ─▶ reserve or wait ─▶ fallback ─▶ marketplace ─▶ deny
+//!   413/400     400       400                (model +        (budget::wait)    (next         (opted in:     429
+//!                                             fallbacks)                        candidate)    a quote)
 //! ```
 //!
-//! A new stage (a capacity marketplace, say) is one more step in
-//! [`Admission::run`]. [`Admission::finish`] turns how the response ended
-//! into a settlement by the configured policies. Every outcome is counted
-//! and logged in one place (`observe`).
+//! Each stage is one step in [`Admission::run`]. [`Admission::finish`]
+//! turns how the response ended into a settlement by the configured
+//! policies; [`Admission::report`] sends a brokered request's usage to the
+//! marketplace instead. Every outcome is counted and logged in one place
+//! (`observe`).
 
+mod market;
 mod observe;
 mod outcome;
 mod request;
 mod response;
 mod stages;
 
-pub use outcome::{Admitted, Ask, Denied, Finished, Outcome, Rejection, ResponseEnd, SettledBy};
+pub use outcome::{
+    Admitted, Ask, Brokered, Denied, Finished, Outcome, Rejection, ResponseEnd, SettledBy, Tried,
+};
 pub use response::ResponseReader;
 pub use stages::OTHER_MODEL;
 
 use super::budget::{Budgets, WaitFor, Waited};
 use super::reservation::Settlement;
+use crate::marketplace::{Marketplace, UsageReport, UsageStatus};
 use crate::rules::{Class, Identity, LlmConfig, LlmSettings, SettlePolicy, Tokens};
 use stages::Candidate;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tollgate_filters::{self as filters, LlmRequest};
+use tollgate_filters::{self as filters, Endpoint, LlmRequest};
 
 /// Admits and settles LLM requests. Cheap to clone.
 #[derive(Clone)]
 pub struct Admission {
     budgets: Budgets,
+    /// Overflow capacity; `None` unless `[marketplace]` was on at start.
+    market: Option<Arc<Marketplace>>,
 }
 
 impl Admission {
     pub fn new(budgets: Budgets) -> Admission {
-        Admission { budgets }
+        Admission {
+            budgets,
+            market: None,
+        }
+    }
+
+    /// The same admission with a marketplace stage (`None`: without).
+    pub fn with_marketplace(self, market: Option<Arc<Marketplace>>) -> Admission {
+        Admission { market, ..self }
+    }
+
+    /// The marketplace, when there is one (its background work is started
+    /// beside the listeners).
+    pub fn marketplace(&self) -> Option<&Arc<Marketplace>> {
+        self.market.as_ref()
     }
 
     /// Decides whether the request goes upstream. `on_wait` is called once,
@@ -70,28 +92,65 @@ impl Admission {
         let class = stages::class(llm, &mut identity);
         let candidates = stages::candidates(llm, first, &request);
         let latest = ask.deadline.min(Instant::now() + llm.settings.max_wait_cap);
-        let wait = Wait {
+        let market = market::offered(
+            self.market.as_deref(),
+            ask.marketplace,
+            &candidates[0],
+            class,
+        );
+        let mut on_wait = on_wait;
+        let mut wait = Wait {
             llm,
             class,
             candidates: &candidates,
             latest,
+            deadline: ask.deadline,
+            after: market.map_or(Duration::ZERO, |_| {
+                market::budget(ask.marketplace, ask.deadline)
+            }),
             announced: false,
         };
-        self.reserve_or_fall_back(&ask, &request, identity, wait, on_wait)
+        let denied = match self
+            .reserve_or_fall_back(&ask, &request, identity, &mut wait, &mut on_wait)
             .await
+        {
+            Ok(outcome) => return outcome,
+            Err(denied) => denied,
+        };
+        let Some(market) = market else {
+            return Outcome::Denied(denied);
+        };
+        if !wait.announced {
+            // Envoy's message timer has not been extended: it must cover
+            // the marketplace step.
+            on_wait(market::budget(ask.marketplace, ask.deadline));
+        }
+        match market::ask(market, &ask, &request, &candidates[0], denied).await {
+            Outcome::Brokered(mut b) => {
+                b.body = new_body(
+                    llm,
+                    ask.body,
+                    &request,
+                    b.endpoint,
+                    b.quote.model.as_deref(),
+                );
+                Outcome::Brokered(b)
+            }
+            other => other,
+        }
     }
 
     /// Reserves on each candidate in turn, waiting as long as each may:
-    /// the first that admits serves the request; when none does, the
-    /// request is denied.
+    /// the first that admits serves the request; when none does, its
+    /// denial (for the next stage).
     async fn reserve_or_fall_back(
         &self,
         ask: &Ask<'_>,
         request: &LlmRequest,
         mut identity: Identity,
-        mut wait: Wait<'_>,
-        mut on_wait: impl FnMut(Duration),
-    ) -> Outcome {
+        wait: &mut Wait<'_>,
+        on_wait: &mut impl FnMut(Duration),
+    ) -> Result<Outcome, Denied> {
         let (llm, candidates, class) = (ask.llm, wait.candidates, wait.class);
         let asked = &candidates[0];
         let mut denied = Denied::default();
@@ -109,7 +168,7 @@ impl Admission {
                         latest: wait.latest,
                     },
                     ask.cancel,
-                    |until| wait.started(&identity, i, until, &mut on_wait),
+                    |until| wait.started(&identity, i, until, &mut *on_wait),
                 )
                 .await;
             match waited {
@@ -130,7 +189,7 @@ impl Admission {
                         model_label: candidate.label.clone(),
                     };
                     let admitted = upstream_body(llm, admitted, ask.body, request);
-                    return Outcome::Admitted(Box::new(admitted));
+                    return Ok(Outcome::Admitted(Box::new(admitted)));
                 }
                 // Over budget after waiting: the next model, if any.
                 Waited::Denied {
@@ -144,16 +203,17 @@ impl Admission {
                         retry_after,
                         budget: headers,
                         model_label: asked.label.clone(),
+                        marketplace: None,
                     };
                 }
                 Waited::Cancelled => {
-                    return Outcome::Cancelled {
+                    return Ok(Outcome::Cancelled {
                         model_label: asked.label.clone(),
-                    }
+                    })
                 }
             }
         }
-        Outcome::Denied(denied)
+        Err(denied)
     }
 
     /// Settles an admitted request by how its response ended: the reported
@@ -183,15 +243,59 @@ impl Admission {
         );
         finished
     }
+
+    /// The response of a brokered request ended: its usage report is
+    /// queued for the marketplace (never waited on); nothing is settled,
+    /// as nothing was reserved.
+    pub fn report(&self, brokered: &Brokered, end: ResponseEnd) {
+        let report = usage_report(brokered, end);
+        observe::reported(self.budgets.counters().metrics(), brokered, &report);
+        match &self.market {
+            Some(m) => m.report(report),
+            // A brokered request needs a marketplace: none means a bug.
+            None => tracing::error!("a brokered request ended without a marketplace to report to"),
+        }
+    }
+}
+
+/// The usage report of a brokered request from how its response ended.
+fn usage_report(b: &Brokered, end: ResponseEnd) -> UsageReport {
+    let (usage, status) = match end {
+        ResponseEnd::Completed { status, usage, .. } => (
+            usage,
+            match status {
+                200..=399 => UsageStatus::Ok,
+                408 | 504 => UsageStatus::Timeout,
+                _ => UsageStatus::Error,
+            },
+        ),
+        ResponseEnd::Aborted { .. } => (None, UsageStatus::Error),
+    };
+    UsageReport {
+        request_id: b.request_id.clone(),
+        quote_id: b.quote.quote_id.clone(),
+        supply_id: b.quote.supply_id.clone(),
+        model: b.model.clone(),
+        prompt_tokens: usage.map(|u| u.prompt),
+        completion_tokens: usage.map(|u| u.completion),
+        latency_ms: u64::try_from(b.at.elapsed().as_millis()).unwrap_or(u64::MAX),
+        status,
+    }
 }
 
 /// Envoy takes one timer extension per message, so the first wait asks
-/// for every wait still possible: this one's, then each fallback's.
+/// for every wait still possible: this one's, then each fallback's, then
+/// the marketplace step's.
 struct Wait<'a> {
     llm: &'a LlmConfig,
     class: Option<&'a Class>,
     candidates: &'a [Candidate],
+    /// Waits end by then.
     latest: Instant,
+    /// The answer is due by then (what the proxy allows).
+    deadline: Instant,
+    /// What may come after the waits (the marketplace step).
+    after: Duration,
     announced: bool,
 }
 
@@ -220,6 +324,7 @@ impl Wait<'_> {
             };
         }
         let end = end.map_or(self.latest, |e| e.min(self.latest));
+        let end = (end + self.after).min(self.deadline);
         on_wait(end.saturating_duration_since(Instant::now()));
     }
 }
@@ -232,20 +337,38 @@ fn upstream_body(
     body: &[u8],
     request: &LlmRequest,
 ) -> Admitted {
+    let model = admitted
+        .fallback_from
+        .is_some()
+        .then_some(admitted.model.as_str());
+    admitted.body = new_body(llm, body, request, admitted.endpoint, model);
+    admitted
+}
+
+/// The request's body with `model` written in (a fallback, a supplier's
+/// name for it) and streamed usage asked for when configured; `None` when
+/// it goes as the client sent it.
+fn new_body(
+    llm: &LlmConfig,
+    body: &[u8],
+    request: &LlmRequest,
+    endpoint: Endpoint,
+    model: Option<&str>,
+) -> Option<Vec<u8>> {
     let mut new_body = None;
-    if admitted.fallback_from.is_some() {
-        match filters::rewrite_model(body, &admitted.model) {
+    if let Some(model) = model.filter(|m| *m != request.model) {
+        match filters::rewrite_model(body, model) {
             Ok(b) => new_body = Some(b),
             // The body parsed a moment ago; if it cannot be rewritten the
             // upstream sees the model asked for, and the log says so.
             Err(e) => {
-                tracing::error!(error = %e, to = %admitted.model, "cannot rewrite the model of a fallen-back request")
+                tracing::error!(error = %e, to = %model, "cannot rewrite the model of the request")
             }
         }
     }
     if llm.settings.inject_stream_usage && request.stream && !request.stream_usage_requested {
         let current = new_body.as_deref().unwrap_or(body);
-        match filters::ensure_stream_usage(admitted.endpoint, current) {
+        match filters::ensure_stream_usage(endpoint, current) {
             Ok(Some(b)) => new_body = Some(b),
             Ok(None) => {}
             Err(e) => {
@@ -253,8 +376,7 @@ fn upstream_body(
             }
         }
     }
-    admitted.body = new_body;
-    admitted
+    new_body
 }
 
 /// The settlement of a response end, and which kind it is.

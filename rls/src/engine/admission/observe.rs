@@ -2,9 +2,10 @@
 //! place. Labels are configured names (models, quotas) or `_other`, never
 //! request data; log lines never carry a prompt, a completion or a key.
 
-use super::outcome::{Admitted, Finished, Outcome, Rejection, ResponseEnd};
+use super::outcome::{Admitted, Brokered, Denied, Finished, Outcome, Rejection, ResponseEnd};
 use super::stages::OTHER_MODEL;
 use crate::engine::reservation::{token_cost, Settlement, TakenKind};
+use crate::marketplace::UsageReport;
 use crate::metrics::Metrics;
 
 /// Counts (and logs) how admission answered.
@@ -14,10 +15,15 @@ pub(super) fn admission(m: &Metrics, outcome: &Outcome) {
             m.decision("ext_proc", false);
             admitted(m, a)
         }
+        Outcome::Brokered(b) => {
+            m.decision("ext_proc", false);
+            brokered(m, b)
+        }
         Outcome::Denied(d) => {
             m.decision("ext_proc", true);
             m.llm_request(&d.model_label, "denied");
             tracing::info!(quota = %d.quota, model = %d.model_label, retry_after = ?d.retry_after, "LLM request over budget");
+            denied_by_marketplace(m, d);
         }
         Outcome::Cancelled { model_label } => {
             m.llm_request(model_label, "cancelled");
@@ -47,6 +53,53 @@ fn admitted(m: &Metrics, a: &Admitted) {
             m.quota_tokens(&t.quota, "reserved", t.cost);
         }
     }
+}
+
+/// Served by a supplier: counted apart from the local budgets (nothing
+/// was reserved), with the time the step added.
+fn brokered(m: &Metrics, b: &Brokered) {
+    m.llm_request(&b.model_label, "marketplace");
+    m.marketplace.request("served", b.took, true);
+    let q = &b.quote;
+    tracing::info!(
+        model = %b.model,
+        quote_id = %q.quote_id,
+        supply_id = %q.supply_id,
+        supplier = %q.supplier.authority,
+        price_per_mtoken = q.price.units(),
+        took_ms = b.took.as_secs_f64() * 1000.0,
+        "over budget: served through the marketplace"
+    );
+}
+
+/// The marketplace was asked and did not serve: the 429 stands.
+fn denied_by_marketplace(m: &Metrics, d: &Denied) {
+    let Some(t) = d.marketplace else {
+        return;
+    };
+    m.marketplace.request(t.refusal.as_str(), t.took, false);
+    tracing::info!(
+        model = %d.model_label,
+        reason = t.refusal.as_str(),
+        took_ms = t.took.as_secs_f64() * 1000.0,
+        "the marketplace did not serve an over-budget request; it gets its 429"
+    );
+}
+
+/// A brokered request's response ended and its report was queued.
+pub(super) fn reported(m: &Metrics, b: &Brokered, r: &UsageReport) {
+    let used = r.prompt_tokens.unwrap_or(0) + r.completion_tokens.unwrap_or(0);
+    if r.prompt_tokens.is_some() {
+        m.llm_tokens(&b.model_label, "marketplace", used);
+    }
+    tracing::debug!(
+        quote_id = %r.quote_id,
+        status = ?r.status,
+        latency_ms = r.latency_ms,
+        prompt_tokens = ?r.prompt_tokens,
+        completion_tokens = ?r.completion_tokens,
+        "marketplace usage report queued"
+    );
 }
 
 fn rejected(m: &Metrics, r: &Rejection) {

@@ -4,6 +4,7 @@
 
 use crate::engine::budget::BudgetView;
 use crate::engine::reservation::Reservation;
+use crate::marketplace::{MarketplaceConfig, Quote, Refusal};
 use crate::rules::{Identity, LlmConfig, Tokens};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -13,6 +14,9 @@ use tollgate_filters::{Endpoint, RequestError};
 /// One LLM request, as its headers and body describe it.
 pub struct Ask<'a> {
     pub llm: &'a LlmConfig,
+    /// `[marketplace]` of the config in force: whether an over-budget
+    /// request may be offered to it, and what a quote must meet.
+    pub marketplace: &'a MarketplaceConfig,
     /// Who asks (tenant, API key hash, class header, route); the model is
     /// filled in from the body.
     pub identity: Identity,
@@ -32,6 +36,9 @@ pub struct Ask<'a> {
 #[derive(Debug)]
 pub enum Outcome {
     Admitted(Box<Admitted>),
+    /// Over budget, and served by a supplier the marketplace quoted: no
+    /// local budget is charged; a usage report goes back instead.
+    Brokered(Box<Brokered>),
     Denied(Denied),
     Rejected(Rejection),
     /// The client went away while the request waited; nothing was taken.
@@ -75,6 +82,41 @@ pub struct Denied {
     pub retry_after: Duration,
     pub budget: BudgetView,
     pub model_label: String,
+    /// The marketplace was asked and did not serve it (the answer stays
+    /// the 429 it would have been).
+    pub marketplace: Option<Tried>,
+}
+
+/// A marketplace step that did not serve the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Tried {
+    pub refusal: Refusal,
+    /// What the step added to the request.
+    pub took: Duration,
+}
+
+/// An over-budget request on its way to a marketplace supplier.
+#[derive(Debug)]
+pub struct Brokered {
+    /// Made by tollgate for this request (quote and usage report).
+    pub request_id: String,
+    pub quote: Quote,
+    /// The model asked for.
+    pub model: String,
+    pub model_label: String,
+    /// The local budgets, as the denial left them (for the headers).
+    pub budget: BudgetView,
+    /// The body to send instead of the client's, when it changed (the
+    /// supplier's model name, stream usage asked for).
+    pub body: Option<Vec<u8>>,
+    pub endpoint: Endpoint,
+    pub streamed: bool,
+    /// What the request would have reserved, in raw tokens.
+    pub estimate: Tokens,
+    /// What the marketplace step added to the request.
+    pub took: Duration,
+    /// When it was admitted: the report's latency counts from here.
+    pub at: Instant,
 }
 
 /// A request refused before any budget was asked.

@@ -3,7 +3,7 @@
 //! provider's error format.
 
 use super::reply;
-use crate::engine::{Admitted, BudgetView, Denied, Rejection};
+use crate::engine::{Admitted, Brokered, BudgetView, Denied, Rejection};
 use crate::rules::LlmSettings;
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
@@ -56,6 +56,87 @@ pub(super) fn response_headers(a: &Admitted) -> Vec<HeaderValueOption> {
             a.waited.as_millis().to_string(),
         ));
     }
+    h
+}
+
+/// Set on a brokered request for Envoy's route to match (`marketplace`),
+/// and on its response. Envoy removes any a client sent before routing
+/// (`envoy/marketplace.yaml`), so only tollgate can set it.
+pub(super) const PROVIDER_HEADER: &str = "x-tollgate-provider";
+/// Set on a brokered request: the supplier's `host[:port]`, which Envoy's
+/// dynamic forward proxy connects to (and writes into `host`).
+pub(super) const SUPPLIER_HOST_HEADER: &str = "x-tollgate-supplier-host";
+/// The supply that served a brokered request, on its response.
+pub(super) const SUPPLY_ID_HEADER: &str = "x-tollgate-supply-id";
+const MARKETPLACE: &str = "marketplace";
+
+/// A brokered request goes to its supplier: the routing headers, the
+/// supplier's token instead of the client's credential, the supplier's
+/// path, the body with the supplier's model name; the client's credential
+/// and identity headers removed; the route picked again.
+pub(super) fn brokered(settings: &LlmSettings, b: &Brokered, path: &str) -> ProcessingResponse {
+    let q = &b.quote;
+    let mut upstream = vec![
+        reply::header(PROVIDER_HEADER, MARKETPLACE),
+        reply::header(SUPPLIER_HOST_HEADER, q.supplier.authority.clone()),
+        reply::header("authorization", format!("Bearer {}", q.token)),
+        reply::header(&settings.model_header, b.model.clone()),
+    ];
+    if !q.supplier.path_prefix.is_empty() {
+        upstream.push(reply::header(":path", q.supplier.path(path)));
+    }
+    if let Some(body) = &b.body {
+        upstream.push(reply::header("content-length", body.len().to_string()));
+    }
+    let mut fields = vec![
+        (
+            "provider".to_string(),
+            Kind::StringValue(MARKETPLACE.into()),
+        ),
+        (
+            "quote_id".to_string(),
+            Kind::StringValue(q.quote_id.clone()),
+        ),
+        (
+            "supply_id".to_string(),
+            Kind::StringValue(q.supply_id.clone()),
+        ),
+        ("model".to_string(), Kind::StringValue(b.model.clone())),
+        (
+            "estimated_tokens".to_string(),
+            Kind::NumberValue((b.estimate.prompt + b.estimate.completion) as f64),
+        ),
+    ];
+    for h in brokered_response_headers(b) {
+        if let Some(v) = h.header {
+            let value = String::from_utf8_lossy(&v.raw_value).into_owned();
+            fields.push((v.key, Kind::StringValue(value)));
+        }
+    }
+    // The client's own credentials and identity are not the supplier's
+    // business (authorization is replaced above).
+    let mut remove: Vec<String> = vec!["x-api-key".into()];
+    for h in [
+        &settings.api_key_header,
+        &settings.tenant_header,
+        &settings.class_header,
+    ] {
+        if h != "authorization" && !remove.contains(h) {
+            remove.push(h.clone());
+        }
+    }
+    let answer =
+        reply::request_body_routed(upstream, b.body.clone(), Some(reply::metadata(fields)));
+    reply::removing(answer, remove)
+}
+
+/// The client's response headers of a brokered request: its local
+/// budgets, and that the marketplace served it, with which supply.
+pub(super) fn brokered_response_headers(b: &Brokered) -> Vec<HeaderValueOption> {
+    let mut h = budget_headers(&b.budget);
+    h.push(reply::header(PROVIDER_HEADER, MARKETPLACE));
+    h.push(reply::header(SUPPLY_ID_HEADER, b.quote.supply_id.clone()));
+    h.push(reply::header("x-tollgate-model", b.model.clone()));
     h
 }
 

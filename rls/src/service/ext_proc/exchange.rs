@@ -8,7 +8,8 @@ use super::facts::{Facts, RequestFacts};
 use super::reply;
 use crate::app::App;
 use crate::config::Config;
-use crate::engine::{Admitted, Ask, Outcome, ResponseReader};
+use crate::engine::{Admitted, Ask, Brokered, Outcome, ResponseEnd, ResponseReader};
+use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
@@ -40,28 +41,48 @@ enum Phase {
     Request(Option<RequestFacts>),
     /// Not an LLM request: every message passes untouched.
     Passthrough,
-    /// Admitted and upstream: the response is read for its usage.
+    /// Admitted (on its budgets or through the marketplace) and upstream:
+    /// the response is read for its usage.
     Upstream(Box<Upstream>),
     /// Nothing more to do: not an LLM request, answered, or settled.
     Done,
 }
 
 struct Upstream {
-    admitted: Admitted,
+    served: Served,
     /// Follows the response body once its status is known.
     reader: Option<ResponseReader>,
 }
 
+/// Who serves an admitted request: its upstream, on its reservation, or
+/// a marketplace supplier, on nothing reserved.
+enum Served {
+    Budget(Admitted),
+    Marketplace(Brokered),
+}
+
+impl Served {
+    fn endpoint_and_stream(&self) -> (tollgate_filters::Endpoint, bool) {
+        match self {
+            Served::Budget(a) => (a.endpoint, a.streamed),
+            Served::Marketplace(b) => (b.endpoint, b.streamed),
+        }
+    }
+
+    fn response_headers(&self) -> Vec<HeaderValueOption> {
+        match self {
+            Served::Budget(a) => answer::response_headers(a),
+            Served::Marketplace(b) => answer::brokered_response_headers(b),
+        }
+    }
+}
+
 impl Upstream {
     /// A reader for the response these facts describe.
-    fn reader(admitted: &Admitted, facts: &Facts<'_>) -> ResponseReader {
+    fn reader(served: &Served, facts: &Facts<'_>) -> ResponseReader {
         let content_type = facts.get("content-type");
-        ResponseReader::new(
-            admitted.endpoint,
-            facts.status(),
-            content_type.as_deref(),
-            admitted.streamed,
-        )
+        let (endpoint, streamed) = served.endpoint_and_stream();
+        ResponseReader::new(endpoint, facts.status(), content_type.as_deref(), streamed)
     }
 }
 
@@ -123,7 +144,7 @@ impl Exchange {
             Request::ResponseHeaders(h) => {
                 self.start_response(&Facts::Headers(h.headers.as_ref()));
                 let reply = match &self.phase {
-                    Phase::Upstream(u) => answer::response_headers(&u.admitted),
+                    Phase::Upstream(u) => u.served.response_headers(),
                     _ => vec![],
                 };
                 if h.end_of_stream {
@@ -136,7 +157,7 @@ impl Exchange {
                     // Headers skipped: the status comes as an attribute,
                     // SSE or not from the request's `stream`.
                     let reader = u.reader.get_or_insert_with(|| {
-                        Upstream::reader(&u.admitted, &Facts::Attributes(&attributes))
+                        Upstream::reader(&u.served, &Facts::Attributes(&attributes))
                     });
                     reader.feed(&b.body);
                 }
@@ -182,6 +203,7 @@ impl Exchange {
             .admit(
                 Ask {
                     llm: &self.config.llm,
+                    marketplace: &self.config.marketplace,
                     identity: facts.identity,
                     endpoint,
                     body,
@@ -200,7 +222,15 @@ impl Exchange {
             Outcome::Admitted(admitted) => {
                 let reply = answer::admitted(settings, &admitted);
                 self.phase = Phase::Upstream(Box::new(Upstream {
-                    admitted: *admitted,
+                    served: Served::Budget(*admitted),
+                    reader: None,
+                }));
+                Some(reply)
+            }
+            Outcome::Brokered(brokered) => {
+                let reply = answer::brokered(settings, &brokered, &facts.path);
+                self.phase = Phase::Upstream(Box::new(Upstream {
+                    served: Served::Marketplace(*brokered),
                     reader: None,
                 }));
                 Some(reply)
@@ -216,26 +246,24 @@ impl Exchange {
     fn start_response(&mut self, facts: &Facts<'_>) {
         if let Phase::Upstream(u) = &mut self.phase {
             if u.reader.is_none() {
-                u.reader = Some(Upstream::reader(&u.admitted, facts));
+                u.reader = Some(Upstream::reader(&u.served, facts));
             }
         }
     }
 
-    /// The response ended: settle with its usage, or by policy.
+    /// The response ended: settle with its usage, or by policy (or, for
+    /// a brokered request, report its usage).
     async fn finish(&mut self) {
         let Phase::Upstream(u) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return;
         };
-        let Upstream { admitted, reader } = *u;
-        let mut reader = reader
-            .unwrap_or_else(|| ResponseReader::new(admitted.endpoint, 0, None, admitted.streamed));
+        let Upstream { served, reader } = *u;
+        let mut reader = reader.unwrap_or_else(|| {
+            let (endpoint, streamed) = served.endpoint_and_stream();
+            ResponseReader::new(endpoint, 0, None, streamed)
+        });
         let end = reader.completed();
-        let settings = &self.config.llm.settings;
-        self.app
-            .engine
-            .admission
-            .finish(settings, &admitted, end)
-            .await;
+        self.ended(&served, end).await;
     }
 
     /// Envoy closed the stream before the response ended: the client went
@@ -246,14 +274,19 @@ impl Exchange {
         };
         let end = match &u.reader {
             Some(r) => r.aborted(),
-            None => crate::engine::ResponseEnd::Aborted { output_bytes: 0 },
+            None => ResponseEnd::Aborted { output_bytes: 0 },
         };
-        let settings = &self.config.llm.settings;
-        self.app
-            .engine
-            .admission
-            .finish(settings, &u.admitted, end)
-            .await;
+        self.ended(&u.served, end).await;
+    }
+
+    async fn ended(&self, served: &Served, end: ResponseEnd) {
+        let admission = &self.app.engine.admission;
+        match served {
+            Served::Budget(a) => {
+                admission.finish(&self.config.llm.settings, a, end).await;
+            }
+            Served::Marketplace(b) => admission.report(b, end),
+        }
     }
 
     fn second_body(&self) -> tonic::Status {

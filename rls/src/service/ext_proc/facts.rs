@@ -22,6 +22,8 @@ pub(super) struct RequestFacts {
     /// which passes untouched.
     pub endpoint: Option<Endpoint>,
     pub identity: Identity,
+    /// `:path` as sent, query included (a brokered request keeps it).
+    pub path: String,
 }
 
 impl Facts<'_> {
@@ -47,6 +49,7 @@ impl Facts<'_> {
             .flatten();
         RequestFacts {
             endpoint,
+            path: path.clone(),
             identity: Identity {
                 tenant: self.get(&settings.tenant_header).filter(|t| !t.is_empty()),
                 api_key: self.get(&settings.api_key_header).map(|k| key_hash(&k)),

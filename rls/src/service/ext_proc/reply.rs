@@ -88,6 +88,20 @@ pub fn request_body_routed(
     r
 }
 
+/// The same answer, also removing these request headers.
+pub fn removing(mut r: ProcessingResponse, headers: Vec<String>) -> ProcessingResponse {
+    if let Some(Response::RequestBody(BodyResponse {
+        response: Some(common),
+    })) = &mut r.response
+    {
+        common
+            .header_mutation
+            .get_or_insert_with(Default::default)
+            .remove_headers = headers;
+    }
+    r
+}
+
 /// Not an answer: asks Envoy to wait this long for the answer to the
 /// current message (honoured once per message, up to the filter's
 /// `max_message_timeout`).
