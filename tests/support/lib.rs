@@ -18,6 +18,10 @@
 //!   at run time; [`replace_file`] swaps a file by atomic rename.
 //! * [`MockLlm`]: an in-process OpenAI/Anthropic upstream (JSON and SSE),
 //!   steered by `x-mock-*` request headers; also the `mock-llm` binary.
+//! * [`MockMarketplace`]: a capacity marketplace (supplies, quotes, usage
+//!   reports) over plain HTTP, scripted per quote, counting every accepted
+//!   socket and keeping every byte it receives; [`MockSupplier`]: an
+//!   OpenAI-compatible supplier over TLS that checks its signed token.
 //! * [`deploy`]: YAML, kustomize, kubernetes-validate, CRD schemas and
 //!   promtool for the tests of `deploy/`, and Istio `EnvoyFilter` patches
 //!   applied to a static Envoy bootstrap.
@@ -30,6 +34,8 @@
 pub mod deploy;
 mod envoy;
 mod mock_llm;
+mod mock_marketplace;
+mod mock_supplier;
 mod nginx;
 mod pki;
 pub mod process;
@@ -39,6 +45,8 @@ mod tollgate;
 
 pub use envoy::{envoy_bin, ext_proc_with_header_messages, http_get, render_template, Envoy};
 pub use mock_llm::{MockLlm, Received};
+pub use mock_marketplace::{MockMarketplace, Quote, Supply};
+pub use mock_supplier::{MockSupplier, SUPPLIER_PREFIX};
 pub use nginx::Nginx;
 pub use pki::{replace_file, Issued, Pki};
 pub use process::{find_tool, free_port, repo_root, scratch_dir, wait_until, Signal};

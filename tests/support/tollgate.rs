@@ -27,6 +27,13 @@ impl Tollgate {
     /// `env!("CARGO_BIN_EXE_tollgate")` in the test files. `RUST_LOG` is
     /// passed through (default `info`).
     pub fn start(bin: &str, config_toml: &str) -> Tollgate {
+        let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        Tollgate::start_with_log(bin, config_toml, &level)
+    }
+
+    /// As [`Tollgate::start`], with this `RUST_LOG` (e.g. `debug`, for a
+    /// test that reads every line tollgate can write).
+    pub fn start_with_log(bin: &str, config_toml: &str, rust_log: &str) -> Tollgate {
         let dir = scratch_dir("tollgate");
         let config = dir.join("tollgate.toml");
         std::fs::write(&config, config_toml)
@@ -38,10 +45,7 @@ impl Tollgate {
             .arg(&config)
             .arg("--ready-file")
             .arg(&ready)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            );
+            .env("RUST_LOG", rust_log);
         let mut proc = Proc::spawn("tollgate", cmd, dir.join("tollgate.log"));
         let mut addrs = None;
         proc.wait_until(START_TIMEOUT, || {
