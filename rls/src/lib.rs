@@ -18,8 +18,9 @@
 //! service::ext_proc         Exchange: the stream's phases; headers or
 //!        |                  attributes + body -> `engine::Ask`
 //! engine::Admission         read body -> model -> context -> class ->
-//!        |                  candidates -> reserve or wait -> fallback -> deny;
-//!        |                  at the response's end, finish (settle)
+//!        |                  candidates -> reserve or wait -> fallback ->
+//!        |                  marketplace (off by default) -> deny; at the
+//!        |                  response's end, finish (settle) or report
 //! engine::Budgets           reserve every matching quota's limits, wait in
 //!        |                  line (budget::wait, budget::queue), class shares,
 //!        |                  settle refunds/overage and wake the line

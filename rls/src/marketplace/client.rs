@@ -60,6 +60,15 @@ pub enum Reply<T> {
     Busy(Option<Duration>),
 }
 
+/// What the marketplace answered to a usage report.
+#[derive(Debug)]
+pub enum Ack {
+    /// A 2xx.
+    Taken,
+    /// 429: try again after this (when it says).
+    Busy(Option<Duration>),
+}
+
 /// The HTTP client for one marketplace endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -111,7 +120,7 @@ impl Client {
         let reply = self.call::<SuppliesAnswer>(request, time).await?;
         Ok(match reply {
             Reply::Ok(a) => Reply::Ok(a.supplies),
-            Reply::NoSupply => Reply::Ok(Vec::new()),
+            Reply::NoSupply => Reply::NoSupply,
             Reply::Busy(d) => Reply::Busy(d),
         })
     }
@@ -130,11 +139,7 @@ impl Client {
     }
 
     /// `POST /v1/marketplace/usage`; any 2xx is an acknowledgement.
-    pub async fn usage(
-        &self,
-        report: &UsageReport,
-        time: Duration,
-    ) -> Result<Reply<()>, CallError> {
+    pub async fn usage(&self, report: &UsageReport, time: Duration) -> Result<Ack, CallError> {
         let request = self
             .http
             .post(format!("{}/v1/marketplace/usage", self.base))
@@ -142,8 +147,8 @@ impl Client {
         let sent = async {
             let response = self.send(request).await?;
             match response.status() {
-                s if s.is_success() => Ok(Reply::Ok(())),
-                StatusCode::TOO_MANY_REQUESTS => Ok(Reply::Busy(retry_after(response).await)),
+                s if s.is_success() => Ok(Ack::Taken),
+                StatusCode::TOO_MANY_REQUESTS => Ok(Ack::Busy(retry_after(response).await)),
                 s => Err(CallError::Status(s.as_u16())),
             }
         };

@@ -6,7 +6,7 @@
 
 use super::breaker::{Breaker, BreakerState, Change, Permit};
 use super::cache::{SupplyCache, SupplyKey};
-use super::client::{BuildError, CallError, Client, Reply};
+use super::client::{Ack, BuildError, CallError, Client, Reply};
 use super::protocol::{QuoteRequest, UsageReport};
 use super::quote::{self, Quote};
 use super::refusal::Refusal;
@@ -264,19 +264,15 @@ impl Marketplace {
             };
         };
         match self.client.usage(report, self.settings.timeout).await {
-            Ok(Reply::Ok(())) => {
+            Ok(Ack::Taken) => {
                 self.settle(permit, "usage", "ok", true);
                 Attempt::Sent
             }
-            Ok(Reply::Busy(pause)) => {
+            Ok(Ack::Busy(pause)) => {
                 self.settle(permit, "usage", "busy", true);
                 Attempt::Again {
                     until: Some(Instant::now() + pause.unwrap_or(BUSY_DEFAULT)),
                 }
-            }
-            Ok(Reply::NoSupply) => {
-                self.settle(permit, "usage", "ok", true);
-                Attempt::Sent
             }
             Err(e) => {
                 self.failed(permit, "usage", &e);
