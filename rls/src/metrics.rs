@@ -5,8 +5,10 @@
 //! deliberately; its descriptor values are capped per rule.
 
 mod cache;
+mod leases;
 
 use cache::PairCache;
+pub use leases::LeaseFamilies;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -56,6 +58,8 @@ pub struct Metrics {
     llm_wait_seconds: HistogramVec,
     llm_fallbacks: IntCounterVec,
     internal_errors: IntCounterVec,
+    /// Leases and the instance registry.
+    pub leases: LeaseFamilies,
     detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
     /// Per (domain, rule): total, within, near, over, shadow.
     rule_children: PairCache<IntCounter, 5>,
@@ -147,6 +151,7 @@ impl Metrics {
             .register(Box::new(llm_wait_seconds.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
+            leases: LeaseFamilies::new(r),
             llm_waiting,
             llm_wait_seconds,
             llm_fallbacks: counter(

@@ -54,6 +54,19 @@ pub(crate) struct RuleView {
     /// Reserve/reconcile over RLS: the descriptor key whose value names the
     /// request (e.g. `request_id`).
     pub reserve: Option<Spanned<String>>,
+    /// Decide from this instance's lease (overrides `[leases] enabled`).
+    pub lease: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LeasesView {
+    pub enabled: Option<bool>,
+    pub ttl: Option<Spanned<String>>,
+    pub max_slice: Option<Spanned<f64>>,
+    pub first_slice: Option<Spanned<u64>>,
+    pub heartbeat: Option<Spanned<String>>,
+    pub evict_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,4 +1,4 @@
-use crate::rules::{FailurePolicy, LlmConfig, RuleSet};
+use crate::rules::{FailurePolicy, LeasePolicy, LlmConfig, RuleSet};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +11,9 @@ use std::time::{Duration, SystemTime};
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    /// Slices of shared budgets decided locally; read at start (a change
+    /// needs a restart, as `[store]` does).
+    pub leases: LeasePolicy,
     pub rules: Arc<RuleSet>,
     /// Models and token quotas for the ext_proc service.
     pub llm: Arc<LlmConfig>,

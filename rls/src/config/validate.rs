@@ -3,11 +3,13 @@
 
 use super::error::Source;
 use super::file::{
-    ClassView, LimitView, LlmView, ModelView, QuotaView, RuleView, ServerView, StoreView,
+    ClassView, LeasesView, LimitView, LlmView, ModelView, QuotaView, RuleView, ServerView,
+    StoreView,
 };
 use super::redis_url;
 use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES, LOG_FORMATS, PERIODS, STORE_KINDS};
 use super::tree::{self, Document};
+use super::validate_leases;
 use super::validate_llm;
 use super::validate_tls;
 use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreConfig, StoreKind};
@@ -23,7 +25,10 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let mut server = None;
     let mut store = None;
+    let mut leases = None;
     let mut rules = Vec::new();
+    // Each rule's own `lease`, beside `rules`, resolved once `[leases]` is known.
+    let mut rule_leases = Vec::new();
     let mut llm = LlmConfig::default();
     let mut llm_set = false;
     // `file:line` of each model, beside `llm.models`, for cross-checks.
@@ -54,11 +59,27 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
                 &mut errors,
             ));
         }
+        if let Some(l) = doc.table::<LeasesView>(src, "leases", &mut errors) {
+            if leases.is_some() {
+                errors.push(src.error(
+                    l.view.span().start,
+                    "leases",
+                    "[leases] is set in two files",
+                ));
+            }
+            leases = Some(validate_leases::leases(
+                src,
+                l.view.into_inner(),
+                &mut errors,
+            ));
+        }
         for (i, value) in doc.array(src, "rule", &mut errors).into_iter().enumerate() {
             let before = errors.len();
             if let Some(r) = tree::view::<RuleView>(src, "rule", value, &mut errors) {
+                let lease = r.view.get_ref().lease;
                 if let Some(rule) = rule(src, i, r.view, before, &mut errors) {
                     rules.push(rule);
+                    rule_leases.push(lease);
                 }
             }
         }
@@ -92,6 +113,10 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
             }
         }
     }
+    let leases = leases.unwrap_or_default();
+    for (rule, own) in rules.iter_mut().zip(rule_leases) {
+        rule.lease = own.unwrap_or(leases.by_default);
+    }
     validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
@@ -121,6 +146,7 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     Ok(Config {
         server: server.unwrap_or_default(),
         store: store.unwrap_or_default(),
+        leases,
         rules: Arc::new(rules),
         llm: Arc::new(llm),
         version: String::new(),
@@ -389,6 +415,7 @@ fn rule(
         replaces: v.replaces,
         on_error,
         reserve,
+        lease: false,
         source: format!("{}:{}", src.name, src.line_of(at)),
     })
 }

@@ -6,10 +6,12 @@
 //!   descriptor tree that finds the rule for a request descriptor.
 //! * `identity`, `quota`, `class`, `llm`: LLM quotas, priority classes and
 //!   models, matched on who is asking and for what.
-//! * `policy`: what to answer when the store fails.
+//! * `policy`: what to answer when the store fails; `lease`: which shared
+//!   budgets an instance leases slices of.
 
 mod class;
 mod identity;
+mod lease;
 mod limit;
 mod llm;
 mod policy;
@@ -19,6 +21,7 @@ mod tree;
 
 pub use class::{Class, Classes, MaxWait};
 pub use identity::{Identity, IdentityKey, ValuePattern};
+pub use lease::LeasePolicy;
 pub use limit::{Algorithm, Limit, Period, MAX_COST};
 pub use llm::{Estimator, LlmConfig, LlmSettings, Model, SettlePolicy};
 pub use policy::FailurePolicy;

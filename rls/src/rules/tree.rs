@@ -187,6 +187,7 @@ mod tests {
             replaces: vec![],
             on_error: None,
             reserve: None,
+            lease: false,
             source: String::new(),
         }
     }

@@ -110,6 +110,53 @@ pub fn refund(limit: &Limit, cell: Option<&Cell>, cost: u64, now_ms: u64) -> Opt
     Some(give_back(limit, cell, cost, now_ms))
 }
 
+/// A slice for one instance's lease: up to `want` of what the counter has
+/// left, in whole multiples of `unit` (one request's cost), and at most the
+/// instance's fair share, `floor(remaining / unit / instances)` units. The
+/// slice is taken from the counter now, so nothing is granted twice; a
+/// grant of 0 means too little is left to lease (decide in the store).
+pub fn grant(
+    limit: &Limit,
+    cell: Option<&Cell>,
+    unit: u64,
+    want: u64,
+    instances: u64,
+    now_ms: u64,
+) -> Granted {
+    let unit = unit.max(1);
+    let fair = |remaining: u64| {
+        let units = (want / unit).min(remaining / unit / instances.max(1));
+        units * unit
+    };
+    match limit.algorithm {
+        Algorithm::FixedWindow => {
+            let count = window_count(cell);
+            let slice = fair(limit.amount.saturating_sub(count));
+            Granted {
+                amount: slice,
+                outcome: window_outcome(limit, count + slice, slice == 0, now_ms),
+            }
+        }
+        Algorithm::TokenBucket => {
+            let (level, tick) = refill(limit, cell, now_ms);
+            let whole = (level.max(0) as u64) / limit.period.ticks();
+            let slice = fair(whole);
+            let level = level - scaled(limit, slice);
+            Granted {
+                amount: slice,
+                outcome: bucket_outcome(limit, level, tick, slice == 0, 0, now_ms),
+            }
+        }
+    }
+}
+
+/// What [`grant`] gave, and the counter after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub amount: u64,
+    pub outcome: Outcome,
+}
+
 /// Checks (and, when `take`, takes) `cost` slots of `max` for `holder`
 /// until `deadline_ms`. Holders past their deadline are dropped first.
 pub fn slots_hit(

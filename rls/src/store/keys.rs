@@ -9,6 +9,8 @@
 //! | a class's share of any one  | `<that counter's key without window>:class=<class>[:<window s>]` |
 //! | ext_proc reservation record | `tg:{<first quota id>}:res:<reservation id>`               |
 //! | RLS reservation record      | `tg:{<rule id>}:rres:<request id>`                         |
+//! | the instance registry       | `tg:{registry}:instances` (a hash: instance id → last beat)  |
+//! | the health probe            | `tg:probe:<instance>:<second>` (written by `redis`'s ping)   |
 //!
 //! `w` is a fixed window (its start, in Unix seconds, ends the key, so a
 //! new window starts from an absent key and an old one expires by itself),
@@ -31,6 +33,9 @@
 use super::arith;
 use super::Counter;
 use crate::rules::{Algorithm, Limit, RuleId};
+
+/// The registry of instances sharing a Redis (`lua/registry.lua`).
+pub const REGISTRY: &str = "tg:{registry}:instances";
 
 /// Every key starts with this, so tollgate's keys are easy to tell apart
 /// in a shared Redis.
