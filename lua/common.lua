@@ -47,14 +47,17 @@ local function get_bucket(key)
   return tonumber(level), tonumber(tick)
 end
 
+-- A clock that went backwards refills nothing and keeps the later tick;
+-- the level is held to this capacity even in the same tick (a bucket left
+-- by a larger limit, lowered by a reload, gives no more than the new one).
 local function refill(s, level, tick)
   local cap = s.amount * s.ticks
   if level == nil then return cap, s.anchor end
   if tick < s.anchor then
     level = level + (s.anchor - tick) * s.amount
-    if level > cap then level = cap end
     tick = s.anchor
   end
+  if level > cap then level = cap end
   return level, tick
 end
 

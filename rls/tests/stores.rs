@@ -25,6 +25,7 @@ for_each_store!(
     slots_are_held_until_release_or_deadline,
     a_refund_into_an_ended_window_is_dropped,
     a_denial_in_a_later_slot_rolls_back_earlier_slots,
+    a_lowered_bucket_limit_holds_at_once,
 );
 
 /// On a cluster the two tags live in different slots (taken in tag order,
@@ -375,6 +376,25 @@ async fn windows_reset_on_the_boundary(s: &Subject) {
     let o = store.take(&[h], None, T0 + 1_000).await.unwrap();
     assert!(o.admitted, "a new window at the boundary");
     assert_eq!(o.hits[0].reset_after_ms, 1_000);
+}
+
+/// The counter key does not name the amount, so a reload that lowers a
+/// bucket's limit finds the bucket the old limit left: it holds at most the
+/// new capacity from the first call, even within the same tick.
+async fn a_lowered_bucket_limit_holds_at_once(s: &Subject) {
+    let store = s.store.as_ref();
+    let before = hit("lowered", 1_000, Period::Hour, Algorithm::TokenBucket, 10);
+    assert!(store.take(&[before], None, T0).await.unwrap().admitted);
+    let after = |cost| hit("lowered", 100, Period::Hour, Algorithm::TokenBucket, cost);
+    let o = store.take(&[after(0)], None, T0).await.unwrap();
+    assert_eq!(
+        o.hits[0].remaining, 100,
+        "990 left of the old limit, 100 of the new"
+    );
+    assert!(!store.take(&[after(101)], None, T0).await.unwrap().admitted);
+    let o = store.take(&[after(100)], None, T0).await.unwrap();
+    assert!(o.admitted);
+    assert_eq!(o.hits[0].remaining, 0);
 }
 
 /// One random step: a take or a give-back of some hits, some time later.

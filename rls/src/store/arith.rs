@@ -203,17 +203,19 @@ fn scaled(limit: &Limit, cost: u64) -> i64 {
 }
 
 /// Level and tick after refilling up to now. An absent bucket is full; a
-/// clock that went backwards refills nothing.
+/// clock that went backwards refills nothing and keeps the later tick. The
+/// level is held to this limit's capacity even when no tick has passed:
+/// the key does not name the amount, so a bucket left by a larger limit (a
+/// reload lowered it) would otherwise give more than the new limit.
 fn refill(limit: &Limit, cell: Option<&Cell>, now_ms: u64) -> (i64, u64) {
     let now_tick = now_ms / limit.period.tick_millis();
     let cap = capacity(limit);
     match cell {
-        Some(Cell::Bucket { level, tick }) if *tick < now_tick => {
-            let gained = (now_tick - *tick).saturating_mul(limit.amount);
+        Some(Cell::Bucket { level, tick }) => {
+            let gained = now_tick.saturating_sub(*tick).saturating_mul(limit.amount);
             let gained = i64::try_from(gained).unwrap_or(i64::MAX);
-            (level.saturating_add(gained).min(cap), now_tick)
+            (level.saturating_add(gained).min(cap), now_tick.max(*tick))
         }
-        Some(Cell::Bucket { level, tick }) => (*level, *tick),
         _ => (cap, now_tick),
     }
 }
@@ -398,6 +400,26 @@ mod tests {
         let b = limit(5, Period::Minute, Algorithm::TokenBucket);
         let o = give_back(&b, None, 5, 0);
         assert_eq!(o.state.remaining, 5, "never above full");
+    }
+
+    #[test]
+    fn a_bucket_is_never_above_a_capacity_that_a_reload_lowered() {
+        // The bucket was left by a limit of 1 000 per hour (the key does not
+        // name the amount); the limit is now 100. Even in the same tick it
+        // holds at most 100.
+        let l = limit(100, Period::Hour, Algorithm::TokenBucket);
+        let now = 1_800_000_000_000;
+        let t = now / 1_000;
+        let left = Cell::Bucket {
+            level: 990 * 3_600,
+            tick: t,
+        };
+        let o = hit(&l, Some(&left), 0, true, now);
+        assert_eq!(o.state.remaining, 100);
+        assert!(hit(&l, Some(&left), 101, true, now).state.over);
+        let all = hit(&l, Some(&left), 100, true, now);
+        assert!(!all.state.over);
+        assert_eq!(all.cell, Cell::Bucket { level: 0, tick: t });
     }
 
     fn any_limit() -> impl Strategy<Value = Limit> {
