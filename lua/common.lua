@@ -80,8 +80,8 @@ end
 local function bucket_answer(s, now, level, tick, need)
   local cap = s.amount * s.ticks
   local reset = time_to_level(s, now, level, cap, tick)
-  local retry
-  if need > cap then retry = reset else retry = time_to_level(s, now, level, need, tick) end
+  -- A cost above the whole capacity never fits: retry when full.
+  local retry = time_to_level(s, now, level, math.min(need, cap), tick)
   local positive = level
   if positive < 0 then positive = 0 end
   return div_floor(positive, s.ticks), reset, retry
