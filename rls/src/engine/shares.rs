@@ -537,9 +537,9 @@ mod tests {
     #[test]
     fn receivers_share_what_donors_give_in_proportion_to_their_load() {
         let t = Tuning::default();
-        // The donor gives min(0.4 - 0.01, 0.2) × (1 - 0.5 × ... ) : idle at
-        // 0.25 load it gives 0.2 × 0.75 = 0.15; loads 0.8 and 1.6 take a
-        // third and two thirds.
+        // The donor, at a load of 0.25, gives min(0.4 - 0.01, 0.2) × (1 -
+        // 0.25) = 0.15; receivers at loads 0.8 and 1.6 take a third and two
+        // thirds of it.
         let mut c = vec![
             flex(0, 0.4, 0.4, 0.25),
             flex(0, 0.3, 0.3, 0.8),
