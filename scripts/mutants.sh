@@ -29,7 +29,7 @@ usage() {
 # The files and test selection of each target. `--cargo-arg` gives the
 # selection to the build as well as to the test run (arguments after `--`
 # reach only the test run), so a mutant links two test binaries rather than
-# the package's twenty.
+# all seventeen of the package's.
 mutants_args() {
   case "$1" in
     arith)
