@@ -39,7 +39,7 @@ mutants_args() {
       echo "--file filters/src/sse.rs --file filters/src/usage.rs --package tollgate-filters --cargo-arg=--lib"
       ;;
     shares)
-      echo "--file rls/src/engine/shares.rs --package tollgate --cargo-arg=--lib"
+      echo "--file rls/src/engine/budget/shares.rs --package tollgate --cargo-arg=--lib"
       ;;
     *) usage ;;
   esac
