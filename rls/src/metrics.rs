@@ -287,9 +287,13 @@ impl Metrics {
     /// The text exposition for `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        // Encoding into a Vec cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        // Encoding into a Vec fails only for a malformed family (a bug):
+        // say so in the log and in the scrape, rather than answer nothing.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            buf.extend_from_slice(format!("# encoding failed: {e}\n").as_bytes());
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
     /// Counts one hit of a rule. `detail` is the descriptor's values for a

@@ -588,7 +588,9 @@ impl Store for RedisStore {
     }
 
     async fn announce_freed(&self, keys: &[String]) -> Result<(), StoreError> {
-        let message = super::redis_freed::encode(&self.instance, keys);
+        let message = super::redis_freed::encode(&self.instance, keys).map_err(|e| {
+            StoreError::Protocol(format!("cannot encode a freed-capacity message: {e}"))
+        })?;
         self.within(|mut conn| async move {
             redis::cmd("PUBLISH")
                 .arg(super::redis_freed::CHANNEL)
