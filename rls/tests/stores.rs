@@ -245,6 +245,7 @@ fn hit(key: &str, amount: u64, period: Period, algorithm: Algorithm, cost: u64) 
             amount,
             period,
             algorithm,
+            zone: tollgate::rules::Zone::Utc,
         }),
         cost,
         enforce: true,
@@ -562,26 +563,31 @@ fn counters() -> Vec<Limit> {
             amount: 7,
             period: Period::Second,
             algorithm: Algorithm::FixedWindow,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 50,
             period: Period::Minute,
             algorithm: Algorithm::FixedWindow,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 13,
             period: Period::Second,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 1_000,
             period: Period::Minute,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 100_000,
             period: Period::Day,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
     ]
 }

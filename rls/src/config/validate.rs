@@ -331,6 +331,7 @@ fn rule(
             amount: lv.requests,
             period,
             algorithm,
+            zone: crate::rules::Zone::Utc,
         };
         match limit.validate() {
             Ok(()) => limits.push(limit),

@@ -221,6 +221,7 @@ pub(crate) fn quota(
             amount,
             period,
             algorithm,
+            zone: crate::rules::Zone::Utc,
         };
         match limit.validate() {
             Ok(()) if tokens => limits.push(QuotaLimit::Tokens(limit)),

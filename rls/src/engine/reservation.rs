@@ -8,7 +8,7 @@
 //! the current one, the concurrency slot freed.
 
 use super::error::RecordError;
-use crate::rules::{Algorithm, CountSpec, Limit, Period, Tokens};
+use crate::rules::{Algorithm, CountSpec, Limit, Period, Tokens, Zone};
 use crate::store::SettleOp;
 use serde::{Deserialize, Serialize};
 
@@ -59,8 +59,30 @@ pub enum TakenKind {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LimitRecord {
     pub amount: u64,
+    /// The period's usual length; what records written before calendar
+    /// periods carry alone.
     pub period_ms: u64,
     pub bucket: bool,
+    #[serde(default)]
+    pub period: Option<Period>,
+    #[serde(default, with = "zone_name")]
+    pub zone: Zone,
+}
+
+/// A zone in a record, by name; a record without one is UTC.
+mod zone_name {
+    use crate::rules::Zone;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(z: &Zone, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(z.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Zone, D::Error> {
+        let name = String::deserialize(d)?;
+        Zone::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown time zone `{name}`")))
+    }
 }
 
 /// `CountSpec` as stored in a record.
@@ -108,13 +130,18 @@ impl LimitRecord {
             amount: l.amount,
             period_ms: l.period.millis(),
             bucket: l.algorithm == Algorithm::TokenBucket,
+            period: Some(l.period),
+            zone: l.zone,
         }
     }
 
     fn to_limit(self) -> Option<Limit> {
-        let period = [Period::Second, Period::Minute, Period::Hour, Period::Day]
-            .into_iter()
-            .find(|p| p.millis() == self.period_ms)?;
+        let period = match self.period {
+            Some(p) => p,
+            None => [Period::Second, Period::Minute, Period::Hour, Period::Day]
+                .into_iter()
+                .find(|p| p.millis() == self.period_ms)?,
+        };
         Some(Limit {
             amount: self.amount,
             period,
@@ -123,6 +150,7 @@ impl LimitRecord {
             } else {
                 Algorithm::FixedWindow
             },
+            zone: self.zone,
         })
     }
 }
@@ -224,6 +252,7 @@ mod tests {
             amount: 1000,
             period: Period::Minute,
             algorithm: Algorithm::FixedWindow,
+            zone: crate::rules::Zone::Utc,
         }
     }
 

@@ -9,6 +9,7 @@
 //! * `policy`: what to answer when the store fails; `lease`: which shared
 //!   budgets an instance leases slices of.
 
+mod calendar;
 mod class;
 mod identity;
 mod lease;
@@ -22,7 +23,7 @@ mod tree;
 pub use class::{Class, Classes, MaxWait};
 pub use identity::{Identity, IdentityKey, ValuePattern};
 pub use lease::LeasePolicy;
-pub use limit::{Algorithm, Limit, Period, MAX_COST};
+pub use limit::{Algorithm, Limit, Period, Zone, MAX_COST};
 pub use llm::{Estimator, LlmConfig, LlmSettings, Model, SettlePolicy};
 pub use policy::FailurePolicy;
 pub use quota::{CountSpec, Quota, QuotaLimit, Tokens};

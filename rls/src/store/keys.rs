@@ -210,6 +210,7 @@ mod tests {
             amount: 10,
             period,
             algorithm,
+            zone: crate::rules::Zone::Utc,
         }
     }
 

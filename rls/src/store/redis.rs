@@ -14,7 +14,7 @@
 //! request still takes nothing. Between the steps another client may see
 //! the earlier slots' counters briefly taken.
 
-use super::arith::{self, HitState};
+use super::arith::HitState;
 use super::redis_errors::classify;
 use super::redis_link::{Backend, Conn, Link};
 use super::TakeOutcome;
@@ -58,14 +58,13 @@ fn push_spec(
     now_ms: u64,
 ) {
     let (algorithm, amount, ticks, tick_ms, anchor) = match counter {
+        // A window's length is this window's (a calendar month is 28 to 31
+        // days): the script reads `ticks * tick_ms` as the length.
         Counter::Rate(l) => match l.algorithm {
-            Algorithm::FixedWindow => (
-                0,
-                l.amount,
-                l.period.ticks(),
-                l.period.tick_millis(),
-                arith::window_start(l, now_ms),
-            ),
+            Algorithm::FixedWindow => {
+                let (start, end) = l.window(now_ms);
+                (0, l.amount, 1, end - start, start)
+            }
             Algorithm::TokenBucket => (
                 1,
                 l.amount,
@@ -445,6 +444,7 @@ const PROBE_LIMIT: Limit = Limit {
     amount: 1_000_000,
     period: Period::Second,
     algorithm: Algorithm::FixedWindow,
+    zone: crate::rules::Zone::Utc,
 };
 
 /// A state for a hit whose slot was never asked (an earlier one denied).
