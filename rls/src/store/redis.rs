@@ -108,16 +108,18 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let bad = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         // The freed-capacity subscription talks to the same nodes, the same way.
+        // Validation parses every URL as the client does, so a failure here
+        // is unexpected: refuse the store rather than lose the wake-ups.
         let subscribers = urls
             .iter()
-            .filter_map(|u| {
+            .map(|u| {
                 match &tls {
                     Some(certs) => redis::Client::build_with_tls(u.as_str(), certs.clone()),
                     None => redis::Client::open(u.as_str()),
                 }
-                .ok()
+                .map_err(bad)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let backend = if cluster || urls.len() > 1 {
             let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
             if let Some(certs) = tls {
