@@ -43,6 +43,7 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
         rule.lease = own.unwrap_or(leases.by_default);
     }
     validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
+    validate_llm::check_prices(&llm, &model_sources, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
     let rules = match RuleSet::new(rules.clone()) {
@@ -156,6 +157,7 @@ impl Parts {
                     .push(validate_llm::model(src, m.view, errors));
             }
         }
+        validate_llm::prices(src, &mut doc, &mut self.llm, errors);
         for value in doc.array(src, "quota", errors) {
             let before = errors.len();
             if let Some(q) = tree::view::<QuotaView>(src, "quota", value, errors) {
