@@ -16,6 +16,7 @@ mod runtime;
 mod suggest;
 mod tree;
 mod validate;
+mod validate_leases;
 mod validate_llm;
 mod validate_marketplace;
 mod validate_tls;

@@ -21,9 +21,11 @@ use toml::Spanned;
 pub(crate) const TOP_LEVEL: &[&str] = &[
     "server",
     "store",
+    "leases",
     "rule",
     "llm",
     "model",
+    "prices",
     "quota",
     "class",
     "marketplace",

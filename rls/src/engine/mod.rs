@@ -25,8 +25,10 @@ mod budget;
 mod clock;
 mod counters;
 mod error;
+mod leases;
 mod plan;
 mod ratelimit;
+mod registry;
 mod reservation;
 
 pub use admission::{
@@ -38,15 +40,17 @@ pub use budget::{
     WaitFor, WaitLines, Waited, Woken,
 };
 pub use clock::Clock;
-pub use counters::{AnsweredBy, Counters, Fallback, Owner, Took};
+pub use counters::{AnsweredBy, Counters, Owner, Took};
 pub use error::{EngineError, RecordError};
+pub use leases::{return_unused, Instances, Leases, Local, Return};
 pub use plan::Plan;
 pub use ratelimit::{
     Check, Code, Decision, Descriptor, DescriptorResult, MatchedLimit, RateLimiter, DONE_KEY,
     DONE_VALUE, RLS_RESERVATION_TTL_MS,
 };
+pub use registry::keep_registered;
 pub use reservation::{
-    token_cost, CountRecord, LimitRecord, Reservation, SettlePlan, Settlement, Taken, TakenKind,
+    metered_cost, CountRecord, LimitRecord, Reservation, SettlePlan, Settlement, Taken, TakenKind,
 };
 
 use crate::marketplace::Marketplace;
@@ -94,15 +98,11 @@ impl Engine {
         self
     }
 
-    /// The same engine answering store failures by `policy`, with `local`
-    /// rules at `local_share` of their limits.
-    pub fn with_failure_policy(self, policy: FailurePolicy, local_share: f64) -> Engine {
-        let fallback = Fallback {
-            policy,
-            local_share,
-        };
+    /// The same engine answering store failures by `policy` where a rule
+    /// or quota sets none.
+    pub fn with_failure_policy(self, policy: FailurePolicy) -> Engine {
         let market = self.admission.marketplace().cloned();
-        Engine::from_counters(self.counters().clone().with_fallback(fallback))
+        Engine::from_counters(self.counters().clone().with_failure_policy(policy))
             .with_marketplace(market)
     }
 

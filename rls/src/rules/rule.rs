@@ -116,6 +116,9 @@ pub struct Rule {
     /// request. Its value is not part of the counter's identity; it keys
     /// the reservation that the stream-done call settles.
     pub reserve: Option<String>,
+    /// Decided from this instance's lease of the shared counters
+    /// (`[leases]`), with the rule's own `lease` or the default resolved.
+    pub lease: bool,
     /// `file:line` of the rule, for logs and `/config`.
     pub source: String,
 }

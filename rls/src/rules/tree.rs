@@ -180,6 +180,7 @@ mod tests {
                 amount: 1,
                 period: Period::Second,
                 algorithm: Algorithm::FixedWindow,
+                zone: crate::rules::Zone::Utc,
             }],
             unlimited: false,
             shadow: false,
@@ -187,6 +188,7 @@ mod tests {
             replaces: vec![],
             on_error: None,
             reserve: None,
+            lease: false,
             source: String::new(),
         }
     }

@@ -9,6 +9,7 @@ use super::reply;
 use crate::app::App;
 use crate::config::Config;
 use crate::engine::{Admitted, Ask, Brokered, Outcome, ResponseEnd, ResponseReader};
+use crate::rules::LlmSettings;
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
@@ -69,10 +70,10 @@ impl Served {
         }
     }
 
-    fn response_headers(&self) -> Vec<HeaderValueOption> {
+    fn response_headers(&self, settings: &LlmSettings) -> Vec<HeaderValueOption> {
         match self {
-            Served::Budget(a) => answer::response_headers(a),
-            Served::Marketplace(b) => answer::brokered_response_headers(b),
+            Served::Budget(a) => answer::response_headers(settings, a),
+            Served::Marketplace(b) => answer::brokered_response_headers(settings, b),
         }
     }
 }
@@ -144,7 +145,7 @@ impl Exchange {
             Request::ResponseHeaders(h) => {
                 self.start_response(&Facts::Headers(h.headers.as_ref()));
                 let reply = match &self.phase {
-                    Phase::Upstream(u) => u.served.response_headers(),
+                    Phase::Upstream(u) => u.served.response_headers(&self.config.llm.settings),
                     _ => vec![],
                 };
                 if h.end_of_stream {
@@ -235,7 +236,7 @@ impl Exchange {
                 }));
                 Some(reply)
             }
-            Outcome::Denied(d) => Some(answer::denied(provider, &d)),
+            Outcome::Denied(d) => Some(answer::denied(settings, provider, &d)),
             Outcome::Rejected(r) => Some(answer::rejected(provider, &r)),
             Outcome::Cancelled { .. } => None,
         }
