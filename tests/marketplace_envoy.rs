@@ -230,8 +230,18 @@ async fn refused_quotes_leave_the_original_429() {
             baseline,
             "{result}: not the original 429"
         );
-        assert_eq!(s.market.calls("/v1/marketplace/quote"), i + 1, "{result}");
         let m = s.tollgate.metrics();
+        // On a mismatch, what the stage counted says why (a timeout under
+        // load shows as result="timeout").
+        let counted: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("tollgate_marketplace_requests_total"))
+            .collect();
+        assert_eq!(
+            s.market.calls("/v1/marketplace/quote"),
+            i + 1,
+            "{result}: {counted:#?}"
+        );
         assert_eq!(
             metric(
                 &m,
