@@ -326,3 +326,37 @@ async fn supply_lists_in_use_are_refreshed_in_the_background_and_dropped_when_no
     );
     assert!(settled <= 4, "{settled} fetches");
 }
+
+/// A 404 to a supply list is "nothing for this now": the 429 without a
+/// quote, the call counted as `no_supply` (not `ok`, not a failure), the
+/// answer kept in the cache, and the breaker untouched.
+#[tokio::test]
+async fn a_supply_list_answered_404_is_no_supply() {
+    let m = mock();
+    m.set_supplies_status(Some(404));
+    let h = Harness::new(config(&m, "0s", ""));
+    let _held = h.hold_the_slot().await;
+    for _ in 0..4 {
+        let (o, _) = h.ask().await;
+        let Outcome::Denied(d) = o else {
+            panic!("{o:?}")
+        };
+        let refusal = d.marketplace.as_ref().map(|t| t.refusal.as_str());
+        assert_eq!(refusal, Some("no_supply"), "{d:?}");
+    }
+    assert_eq!(m.calls("/v1/supplies"), 1, "the 404 is cached");
+    assert_eq!(m.calls("/v1/marketplace/quote"), 0);
+    let text = h.metrics.render();
+    assert!(
+        text.contains(r#"tollgate_marketplace_calls_total{call="supplies",result="no_supply"} 1"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"tollgate_marketplace_calls_total{call="supplies",result="ok"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tollgate_marketplace_breaker_state{state="closed"} 1"#),
+        "{text}"
+    );
+}

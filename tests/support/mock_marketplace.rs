@@ -88,6 +88,8 @@ struct Shared {
     usage_statuses: Mutex<VecDeque<u16>>,
     usage: Mutex<Vec<Value>>,
     supplies: Mutex<Value>,
+    /// When set, supply lists get this status instead of `supplies`.
+    supplies_status: Mutex<Option<u16>>,
     supply: Mutex<Supply>,
     next_id: AtomicUsize,
 }
@@ -121,6 +123,7 @@ impl MockMarketplace {
                 {"supply_id": "supply-1", "model": "gpt-4o", "region": "eu-west",
                  "price_per_mtoken": supply.price_per_mtoken, "p99_latency_ms": 800, "availability": 0.9}
             ]})),
+            supplies_status: Mutex::new(None),
             supply: Mutex::new(supply),
             next_id: AtomicUsize::new(1),
         });
@@ -198,6 +201,12 @@ impl MockMarketplace {
         *lock(&self.shared.supplies) = body;
     }
 
+    /// Supply lists answered with `status` (an error body) instead of the
+    /// list, or the list again with `None`.
+    pub fn set_supplies_status(&self, status: Option<u16>) {
+        *lock(&self.shared.supplies_status) = status;
+    }
+
     /// The supply good quotes name from now.
     pub fn set_supply(&self, supply: Supply) {
         *lock(&self.shared.supply) = supply;
@@ -242,7 +251,13 @@ async fn handle(
         return error(StatusCode::UNAUTHORIZED, "bad or missing API key");
     }
     match (method.as_str(), uri.path()) {
-        ("GET", "/v1/supplies") => json_answer(lock(&shared.supplies).clone()),
+        ("GET", "/v1/supplies") => match *lock(&shared.supplies_status) {
+            Some(status) => error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "scripted",
+            ),
+            None => json_answer(lock(&shared.supplies).clone()),
+        },
         ("POST", "/v1/marketplace/quote") => quote(&shared, &body).await,
         ("POST", "/v1/marketplace/usage") => {
             let report: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
