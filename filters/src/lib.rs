@@ -24,7 +24,7 @@ mod usage;
 pub use endpoint::{Endpoint, Provider};
 pub use error_body::{error_body, ErrorKind};
 pub use estimate::Estimator;
-pub use request::{parse_request, LlmRequest, RequestError};
+pub use request::{parse_request, parse_request_with, LlmRequest, RequestError};
 pub use rewrite::{ensure_stream_usage, rewrite_model};
 pub use sse::SseUsage;
 pub use usage::{usage_from_json, Usage, UsageError};

@@ -8,7 +8,6 @@ use crate::background::Background;
 use crate::config::{Config, StoreKind};
 use crate::engine::{self, Clock, Counters, Engine, Instances, Leases};
 use crate::metrics::Metrics;
-use crate::rules::Estimator;
 use crate::service::{ExtProcGrpc, RateLimitGrpc};
 use crate::store::{Breaker, Health, MemoryStore, RedisStore, Store};
 use crate::tls::ServerTls;
@@ -146,11 +145,9 @@ fn spawn_background(
     sweep.extend(memory);
     let engine = app.engine.clone();
     background.spawn("sweeper", |cancel| sweep_expired(sweep, engine, cancel));
-    if app.config.load().llm.settings.estimator == Estimator::Bpe {
-        // The tokenizer's tables load on first use; load them now, off the
-        // reactor, so the first LLM requests do not wait for them.
-        tokio::task::spawn_blocking(tollgate_filters::Estimator::warm_up);
-    }
+    // The vocabularies the configured models count with, built now off
+    // the reactor (none without [[model]]s); a reload builds new ones.
+    crate::vocabularies::load_for(&app.config.load().llm);
 }
 
 /// Serves the gRPC services (RLS, ext_proc, health) until `stop` fires.

@@ -46,7 +46,8 @@ impl SettlePolicy {
 #[serde(rename_all = "snake_case")]
 pub enum Estimator {
     /// A real BPE tokenizer for OpenAI-family models: within a few percent,
-    /// at about 50 MB/s; its tables take ~100 MB, loaded at start.
+    /// at about 50 MB/s; a vocabulary takes some 50 MB, built only for the
+    /// configured models that use it (`vocabularies`).
     Bpe,
     /// Bytes ÷ 4: no tables, an order of magnitude faster, looser.
     Bytes,

@@ -54,8 +54,7 @@ impl Admission {
 
     async fn run(&self, ask: Ask<'_>, on_wait: impl FnMut(Duration)) -> Outcome {
         let llm = ask.llm;
-        let request = match request::read(&llm.settings, ask.endpoint, ask.body, ask.complete).await
-        {
+        let request = match request::read(llm, ask.endpoint, ask.body, ask.complete).await {
             Ok(r) => r,
             Err(r) => return Outcome::Rejected(r),
         };
