@@ -14,12 +14,14 @@
 //! into a settlement by the configured policies. Every outcome is counted
 //! and logged in one place (`observe`).
 
+mod bound;
 mod observe;
 mod outcome;
 mod request;
 mod response;
 mod stages;
 
+pub use bound::UsageBound;
 pub use outcome::{Admitted, Ask, Denied, Finished, Outcome, Rejection, ResponseEnd, SettledBy};
 pub use response::ResponseReader;
 pub use stages::OTHER_MODEL;
@@ -127,6 +129,7 @@ impl Admission {
                         endpoint: ask.endpoint,
                         streamed: request.stream,
                         model_label: candidate.label.clone(),
+                        usage_bound: UsageBound::new(candidate.context, request.max_output_tokens),
                     };
                     let admitted = upstream_body(llm, admitted, ask.body, request);
                     return Outcome::Admitted(Box::new(admitted));
@@ -163,6 +166,7 @@ impl Admission {
         admitted: &Admitted,
         end: ResponseEnd,
     ) -> Finished {
+        let end = bound::checked(self.budgets.counters().metrics(), admitted, end);
         let (settlement, how) = settlement(settings, &admitted.reservation.estimate, end);
         let finished = match self.budgets.settle(&admitted.reservation, settlement).await {
             Ok(true) => Finished::Settled(how),
