@@ -89,6 +89,7 @@ pub(crate) struct LlmView {
     pub estimator: Option<Spanned<String>>,
     pub inject_stream_usage: Option<bool>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    pub max_buffered_bytes: Option<Spanned<u64>>,
     pub reservation_ttl: Option<Spanned<String>>,
     pub on_abort: Option<Spanned<String>>,
     pub on_upstream_error: Option<Spanned<String>>,

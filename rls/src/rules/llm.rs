@@ -72,6 +72,9 @@ pub struct LlmSettings {
     pub estimator: Estimator,
     pub inject_stream_usage: bool,
     pub max_body_bytes: usize,
+    /// Request bodies held at once by every ext_proc stream together
+    /// (waiting requests keep theirs); a body past it is answered 503.
+    pub max_buffered_bytes: usize,
     #[serde(with = "humantime_secs")]
     pub reservation_ttl: Duration,
     /// Client gone mid-stream.
@@ -107,6 +110,7 @@ impl Default for LlmSettings {
             estimator: Estimator::Bpe,
             inject_stream_usage: true,
             max_body_bytes: 4 << 20,
+            max_buffered_bytes: 64 << 20,
             reservation_ttl: Duration::from_secs(600),
             on_abort: SettlePolicy::ChargeStreamed,
             on_upstream_error: SettlePolicy::Refund,
