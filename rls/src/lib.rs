@@ -28,7 +28,7 @@
 //!
 //! Beside them: `config` (TOML -> validated `Config`, read into the model
 //! of `rules`), `admin` (HTTP: health, readiness, metrics, config, and the
-//! HTTP check API for nginx), `metrics` (Prometheus families), `server`
+//! HTTP check API for nginx), `listen` (both listeners' connection limits), `metrics` (Prometheus families), `server`
 //! (build, serve, drain), `background` (every background task, one
 //! cancellation token), `watch` + `reload` (config hot reload), `tls` (the
 //! gRPC listener's certificates, reloaded when their files change; PEM for
@@ -43,6 +43,7 @@ pub mod app;
 pub mod background;
 pub mod config;
 pub mod engine;
+pub mod listen;
 pub mod metrics;
 pub mod reload;
 pub mod repeated;

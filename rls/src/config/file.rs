@@ -16,6 +16,9 @@ pub(crate) struct ServerView {
     pub tls_cert: Option<Spanned<String>>,
     pub tls_key: Option<Spanned<String>>,
     pub tls_client_ca: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
