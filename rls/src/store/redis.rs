@@ -14,7 +14,7 @@
 //! request still takes nothing. Between the steps another client may see
 //! the earlier slots' counters briefly taken.
 
-use super::arith::{self, HitState};
+use super::arith::HitState;
 use super::redis_errors::classify;
 use super::redis_link::{Backend, Conn, Link};
 use super::TakeOutcome;
@@ -58,14 +58,13 @@ fn push_spec(
     now_ms: u64,
 ) {
     let (algorithm, amount, ticks, tick_ms, anchor) = match counter {
+        // A window's length is this window's (a calendar month is 28 to 31
+        // days): the script reads `ticks * tick_ms` as the length.
         Counter::Rate(l) => match l.algorithm {
-            Algorithm::FixedWindow => (
-                0,
-                l.amount,
-                l.period.ticks(),
-                l.period.tick_millis(),
-                arith::window_start(l, now_ms),
-            ),
+            Algorithm::FixedWindow => {
+                let (start, end) = l.window(now_ms);
+                (0, l.amount, 1, end - start, start)
+            }
             Algorithm::TokenBucket => (
                 1,
                 l.amount,
@@ -109,16 +108,18 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let bad = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         // The freed-capacity subscription talks to the same nodes, the same way.
+        // Validation parses every URL as the client does, so a failure here
+        // is unexpected: refuse the store rather than lose the wake-ups.
         let subscribers = urls
             .iter()
-            .filter_map(|u| {
+            .map(|u| {
                 match &tls {
                     Some(certs) => redis::Client::build_with_tls(u.as_str(), certs.clone()),
                     None => redis::Client::open(u.as_str()),
                 }
-                .ok()
+                .map_err(bad)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let backend = if cluster || urls.len() > 1 {
             let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
             if let Some(certs) = tls {
@@ -445,6 +446,7 @@ const PROBE_LIMIT: Limit = Limit {
     amount: 1_000_000,
     period: Period::Second,
     algorithm: Algorithm::FixedWindow,
+    zone: crate::rules::Zone::Utc,
 };
 
 /// A state for a hit whose slot was never asked (an earlier one denied).
@@ -588,7 +590,9 @@ impl Store for RedisStore {
     }
 
     async fn announce_freed(&self, keys: &[String]) -> Result<(), StoreError> {
-        let message = super::redis_freed::encode(&self.instance, keys);
+        let message = super::redis_freed::encode(&self.instance, keys).map_err(|e| {
+            StoreError::Protocol(format!("cannot encode a freed-capacity message: {e}"))
+        })?;
         self.within(|mut conn| async move {
             redis::cmd("PUBLISH")
                 .arg(super::redis_freed::CHANNEL)
