@@ -134,6 +134,9 @@ fn slow_admin_clients_are_closed() {
     let t = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), &config("1s", "2s", 64));
     let addr = t.admin_url().trim_start_matches("http://").to_string();
     let limit = Duration::from_secs(6);
+    // Connected, nothing sent (hyper waits for the bytes that tell HTTP/1
+    // from HTTP/2 with no timeout of its own).
+    let mut silent = connect(&addr);
     // Half a request's headers, then nothing (slowloris).
     let mut headers = connect(&addr);
     headers
@@ -161,10 +164,12 @@ fn slow_admin_clients_are_closed() {
             }
         })
     };
+    let silent_at = closed_within(&mut silent, limit);
     let headers_at = closed_within(&mut headers, limit);
     let idle_at = closed_within(&mut idle, limit);
     let dribble_at = closed_within(&mut dribble, limit);
-    eprintln!("closed after: half headers {headers_at:?}, idle keep-alive {idle_at:?}, dribbled body {dribble_at:?}");
+    eprintln!("closed after: silent {silent_at:?}, half headers {headers_at:?}, idle keep-alive {idle_at:?}, dribbled body {dribble_at:?}");
+    assert!(silent_at.is_some(), "a silent connection stayed open");
     assert!(headers_at.is_some(), "half a request's headers stayed open");
     assert!(
         idle_at.is_some(),

@@ -8,10 +8,12 @@
 //!   for `idle_timeout` is pinged, and closed if the ping is not answered
 //!   within `read_timeout` (a live Envoy answers at once, so its long-lived
 //!   connections stay).
-//! * Admin (HTTP/1.1): a request's headers must arrive within
-//!   `read_timeout` of the connection starting to wait for them (which also
-//!   closes a keep-alive connection idle that long), and the whole request,
-//!   body included, must be read and answered within `read_timeout`.
+//! * Admin (HTTP/1.1): the first 24 bytes (what tells HTTP/1 from HTTP/2)
+//!   must arrive within `read_timeout` of the connection; a request's
+//!   headers within `read_timeout` of the connection starting to wait for
+//!   them (which also closes a keep-alive connection idle that long); and
+//!   the whole request, body included, must be read and answered within
+//!   `read_timeout`.
 //!
 //! Closures are counted in `tollgate_connections_closed_total` and the
 //! open connections in `tollgate_connections`; a refusal past the cap is
@@ -278,7 +280,10 @@ pub async fn serve_admin(
         let Some((tcp, slot)) = accepted else {
             continue;
         };
-        let io = TokioIo::new(gate.hold(tcp, slot));
+        // Before hyper reads a request it reads enough to tell HTTP/1 from
+        // HTTP/2, with no timeout of its own: a client that sends nothing
+        // would hold the connection for ever.
+        let io = TokioIo::new(gate.first_bytes(tcp, H2_PREFACE_LEN, Some(slot)));
         let service = TowerToHyperService::new(router.clone());
         let (stop, gate) = (stop.clone(), gate.clone());
         connections.spawn(async move {
