@@ -359,7 +359,7 @@ impl JsonUsage {
                 if s.state == StrState::Plain && s.cont == 0 && s.key.is_none() {
                     while i < chunk.len() {
                         let b = chunk[i];
-                        if b < 0x20 || b >= 0x80 || b == b'"' || b == b'\\' {
+                        if !(0x20..0x80).contains(&b) || b == b'"' || b == b'\\' {
                             break;
                         }
                         i += 1;
