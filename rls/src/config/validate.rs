@@ -750,7 +750,7 @@ limit = { requests = 2, per = "second" }
     fn connection_limits_and_the_body_bound_are_read_and_checked() {
         let c = parse_str(
             "t.toml",
-            "[server]\nread_timeout = \"2s\"\nidle_timeout = \"1m\"\nmax_connections = 8\n\n[llm]\nmax_body_bytes = 1000\nmax_buffered_bytes = 5000\n",
+            "[server]\nread_timeout = \"2s\"\nidle_timeout = \"1m\"\nmax_connections = 8\n\n[llm]\nmax_body_bytes = 2000\nmax_buffered_bytes = 5000\n",
         )
         .unwrap();
         assert_eq!(c.server.read_timeout, std::time::Duration::from_secs(2));
@@ -765,7 +765,7 @@ limit = { requests = 2, per = "second" }
             ("[server]\nidle_timeout = \"2h\"\n", "server.idle_timeout"),
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
             (
-                "[llm]\nmax_body_bytes = 1000\nmax_buffered_bytes = 999\n",
+                "[llm]\nmax_body_bytes = 2000\nmax_buffered_bytes = 1999\n",
                 "llm.max_buffered_bytes",
             ),
         ] {
