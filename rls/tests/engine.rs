@@ -111,6 +111,7 @@ fn desc(entries: &[(&str, &str)]) -> Descriptor {
             .collect(),
         hits: None,
         negative: false,
+        limit: None,
     }
 }
 

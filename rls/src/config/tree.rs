@@ -18,8 +18,17 @@ use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 /// The top-level keys a file may have, in the order they are validated.
-pub(crate) const TOP_LEVEL: &[&str] =
-    &["server", "store", "rule", "llm", "model", "quota", "class"];
+pub(crate) const TOP_LEVEL: &[&str] = &[
+    "server",
+    "store",
+    "rule",
+    "llm",
+    "model",
+    "quota",
+    "class",
+    "envoy_ratelimit",
+    "domain",
+];
 
 /// One file's top-level tables, parsed but not yet deserialized.
 pub(crate) struct Document<'a> {

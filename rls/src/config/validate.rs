@@ -3,8 +3,11 @@
 
 use super::error::Source;
 use super::file::{
-    ClassView, LimitView, LlmView, ModelView, QuotaView, RuleView, ServerView, StoreView,
+    ClassView, DomainView, LimitView, LlmView, ModelView, PeerView, QuotaView, RuleView,
+    ServerView, StoreView,
 };
+use super::peer::{self, Origin, PeerEnv};
+use super::ratelimit_yaml;
 use super::redis_url;
 use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES, LOG_FORMATS, PERIODS, STORE_KINDS};
 use super::tree::{self, Document};
@@ -14,13 +17,23 @@ use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreCon
 use crate::rules::{
     Algorithm, EntryPattern, FailurePolicy, Limit, LlmConfig, Period, Rule, RuleId, RuleSet,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use toml::Spanned;
 
-pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
+/// Whether a file is envoyproxy/ratelimit YAML (by its name).
+pub(crate) fn is_yaml(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+pub(crate) fn build(all: &[Source], env: &PeerEnv) -> Result<Config, ConfigErrors> {
+    let (yaml, sources): (Vec<&Source>, Vec<&Source>) = all.iter().partition(|s| is_yaml(s.name));
     let mut errors = Vec::new();
+    let mut peer_view: Option<(usize, PeerView)> = None;
+    let mut domain_views: Vec<(String, Spanned<DomainView>)> = Vec::new();
+    // The file each TOML rule's domain is first written in.
+    let mut toml_domains: HashMap<String, String> = HashMap::new();
     let mut server = None;
     let mut store = None;
     let mut rules = Vec::new();
@@ -28,10 +41,25 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     let mut llm_set = false;
     // `file:line` of each model, beside `llm.models`, for cross-checks.
     let mut model_sources = Vec::new();
-    for src in sources {
+    for (file_index, src) in sources.iter().copied().enumerate() {
         let Some(mut doc) = Document::parse(src, &mut errors) else {
             continue;
         };
+        if let Some(p) = doc.table::<PeerView>(src, "envoy_ratelimit", &mut errors) {
+            if peer_view.is_some() {
+                errors.push(src.error(
+                    p.view.span().start,
+                    "envoy_ratelimit",
+                    "[envoy_ratelimit] is set in two files",
+                ));
+            }
+            peer_view = Some((file_index, p.view.into_inner()));
+        }
+        for value in doc.array(src, "domain", &mut errors) {
+            if let Some(d) = tree::view::<DomainView>(src, "domain", value, &mut errors) {
+                domain_views.push((src.name.to_string(), d.view));
+            }
+        }
         if let Some(s) = doc.table::<ServerView>(src, "server", &mut errors) {
             if server.is_some() {
                 errors.push(src.error(
@@ -58,6 +86,9 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
             let before = errors.len();
             if let Some(r) = tree::view::<RuleView>(src, "rule", value, &mut errors) {
                 if let Some(rule) = rule(src, i, r.view, before, &mut errors) {
+                    toml_domains
+                        .entry(rule.domain.clone())
+                        .or_insert_with(|| src.name.to_string());
                     rules.push(rule);
                 }
             }
@@ -95,7 +126,68 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
-    let rules = match RuleSet::new(rules.clone()) {
+    let settings = peer::settings(
+        peer_view.as_ref().map(|(i, v)| (sources[*i], v)),
+        env,
+        &mut errors,
+    );
+    let mut origins: HashMap<String, Origin> = toml_domains
+        .keys()
+        .map(|d| (d.clone(), Origin::Toml))
+        .collect();
+    let merge_yaml = settings.merge_domains.unwrap_or(false);
+    for src in &yaml {
+        let Some(d) = ratelimit_yaml::domain(src, &mut errors) else {
+            continue;
+        };
+        let taken = match origins.get(&d.domain) {
+            Some(Origin::Yaml) => true,
+            Some(Origin::Toml) => true,
+            None => false,
+        };
+        if taken && !merge_yaml {
+            let also = toml_domains
+                .get(&d.domain)
+                .map(|f| format!(" (also in {f})"))
+                .unwrap_or_default();
+            errors.push(ConfigError {
+                file: src.name.to_string(),
+                line: d.line,
+                field: "domain".into(),
+                message: format!(
+                    "duplicate domain '{}' in config file{also}; set MERGE_DOMAIN_CONFIG=true (or [envoy_ratelimit] merge_domains = true) to merge",
+                    d.domain
+                ),
+            });
+            continue;
+        }
+        if taken && merge_yaml {
+            // The peer refuses a node that two merged files both define.
+            for r in &d.rules {
+                if let Some(first) = rules
+                    .iter()
+                    .find(|o| o.domain == r.domain && o.pattern == r.pattern)
+                {
+                    errors.push(ConfigError::at(
+                        &r.source,
+                        "descriptors.key",
+                        format!(
+                            "duplicate descriptor composite key '{}.{}' (first at {})",
+                            r.domain, r.label, first.source
+                        ),
+                    ));
+                }
+            }
+        }
+        origins.entry(d.domain.clone()).or_insert(Origin::Yaml);
+        rules.extend(d.rules);
+    }
+    if settings.merge_domains == Some(false) {
+        check_toml_domains_unmerged(&rules, sources.as_slice(), &mut errors);
+    }
+    let modes = peer::modes(&settings, &origins, &domain_views, &mut errors, all);
+    let default_mode = Arc::new(peer::default_mode(&settings, Origin::Toml));
+    let rules = match RuleSet::with_modes(rules.clone(), default_mode, &modes) {
         Ok(set) => set,
         Err((first, second)) => {
             let (a, b) = (&rules[first], &rules[second]);
@@ -114,7 +206,7 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     };
     if !errors.is_empty() {
         // Top to bottom, file by file: the order an operator fixes them in.
-        let file_index = |e: &ConfigError| sources.iter().position(|s| s.name == e.file);
+        let file_index = |e: &ConfigError| all.iter().position(|s| s.name == e.file);
         errors.sort_by_key(|e| (file_index(e), e.line));
         return Err(ConfigErrors(errors));
     }
@@ -306,8 +398,12 @@ fn rule(
             period,
             algorithm,
         };
+        // `requests = 0` blocks every hit (envoyproxy/ratelimit's
+        // `requests_per_unit: 0`); a bucket that never refills cannot.
+        let blocks = limit.amount == 0 && limit.algorithm == Algorithm::FixedWindow;
         match limit.validate() {
             Ok(()) => limits.push(limit),
+            Err(_) if blocks => limits.push(limit),
             Err(e) => errors.push(src.error(offset, field("limit.requests"), e)),
         }
     };
@@ -328,13 +424,55 @@ fn rule(
     if v.unlimited && !limits.is_empty() {
         errors.push(src.error(at, field("unlimited"), "an unlimited rule takes no limit"));
     }
-    if !v.unlimited && limits.is_empty() && errors.len() == before {
+    if v.no_limit && (v.unlimited || !limits.is_empty()) {
+        errors.push(src.error(
+            at,
+            field("no_limit"),
+            "a rule with no_limit takes no limit and is not unlimited",
+        ));
+    }
+    if !v.unlimited && !v.no_limit && limits.is_empty() && errors.len() == before {
         errors.push(src.error(
             at,
             field("limit"),
             "missing: set `limit = { requests = N, per = \"minute\" }` or `unlimited = true`",
         ));
     }
+    if let (Some(n), true) = (&v.name, v.no_limit) {
+        errors.push(src.error(
+            n.span().start,
+            field("name"),
+            "a rule with no_limit has no name (nothing to replace or report)",
+        ));
+    }
+    let mut share = Vec::new();
+    if let Some(keys) = &v.share_threshold {
+        share = vec![None; pattern.len()];
+        for k in keys.get_ref() {
+            match pattern.iter().position(|p| p.key() == k && p.is_wildcard()) {
+                Some(level) => share[level] = pattern[level].value_text(),
+                None => errors.push(src.error(
+                    keys.span().start,
+                    field("share_threshold"),
+                    format!("`{k}` is not a key with a wildcard value (`{k}=prefix*`) in `match`"),
+                )),
+            }
+        }
+    }
+    let metadata = match &v.metadata {
+        None => None,
+        Some(m) => match serde_json::to_value(m.get_ref()) {
+            Ok(serde_json::Value::Object(o)) => Some(Arc::new(o)),
+            Ok(_) | Err(_) => {
+                errors.push(src.error(
+                    m.span().start,
+                    field("metadata"),
+                    "must be a table of values",
+                ));
+                None
+            }
+        },
+    };
     let mut on_error = None;
     if let Some(s) = &v.on_error {
         let mut p = FailurePolicy::FailClosed;
@@ -370,6 +508,19 @@ fn rule(
             errors.push(src.error(n.span().start, field("name"), "must not be empty"));
         }
     }
+    if let Some(n) = &name {
+        if v.replaces.iter().any(|r| r == n) {
+            // A rule that replaced itself would never be enforced
+            // (envoyproxy/ratelimit refuses it too).
+            errors.push(src.error(
+                at,
+                field("replaces"),
+                format!(
+                    "`{n}` replaces itself: replaces should not contain name of same descriptor"
+                ),
+            ));
+        }
+    }
     if errors.len() > before {
         return None;
     }
@@ -390,7 +541,39 @@ fn rule(
         on_error,
         reserve,
         source: format!("{}:{}", src.name, src.line_of(at)),
+        quota_mode: v.quota_mode,
+        metadata,
+        share,
     })
+}
+
+/// `merge_domains = false` (`MERGE_DOMAIN_CONFIG=false`) for TOML: a
+/// domain's rules are all in one file.
+fn check_toml_domains_unmerged(rules: &[Rule], sources: &[&Source], errors: &mut Vec<ConfigError>) {
+    let mut first: HashMap<&str, &str> = HashMap::new();
+    for r in rules {
+        let file = r
+            .source
+            .rsplit_once(':')
+            .map_or(r.source.as_str(), |(f, _)| f);
+        if !sources.iter().any(|s| s.name == file) {
+            continue;
+        }
+        match first.get(r.domain.as_str()) {
+            None => {
+                first.insert(&r.domain, file);
+            }
+            Some(f) if *f != file => errors.push(ConfigError::at(
+                &r.source,
+                "rule.domain",
+                format!(
+                    "domain `{}` is also in {f}, and merge_domains is false",
+                    r.domain
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
 }
 
 /// Names are what `replaces` and metrics refer to: they must be unique and

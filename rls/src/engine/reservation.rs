@@ -112,7 +112,7 @@ impl LimitRecord {
     }
 
     fn to_limit(self) -> Option<Limit> {
-        let period = [Period::Second, Period::Minute, Period::Hour, Period::Day]
+        let period = Period::ALL
             .into_iter()
             .find(|p| p.millis() == self.period_ms)?;
         Some(Limit {

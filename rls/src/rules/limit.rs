@@ -7,6 +7,8 @@ pub const MAX_COST: u64 = 1 << 40;
 
 /// The unit a limit counts per. Windows are aligned to the Unix epoch (UTC),
 /// as envoyproxy/ratelimit aligns them, so all instances agree on boundaries.
+/// `Week`, `Month` and `Year` are envoyproxy/ratelimit's units: fixed
+/// lengths (7, 30 and 365 days) counted from the epoch, not calendar ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
@@ -14,9 +16,23 @@ pub enum Period {
     Minute,
     Hour,
     Day,
+    Week,
+    Month,
+    Year,
 }
 
 impl Period {
+    /// Every period, shortest first.
+    pub const ALL: [Period; 7] = [
+        Period::Second,
+        Period::Minute,
+        Period::Hour,
+        Period::Day,
+        Period::Week,
+        Period::Month,
+        Period::Year,
+    ];
+
     /// Length of one period in milliseconds.
     pub fn millis(self) -> u64 {
         match self {
@@ -24,6 +40,9 @@ impl Period {
             Period::Minute => 60_000,
             Period::Hour => 3_600_000,
             Period::Day => 86_400_000,
+            Period::Week => 7 * 86_400_000,
+            Period::Month => 30 * 86_400_000,
+            Period::Year => 365 * 86_400_000,
         }
     }
 
@@ -33,7 +52,7 @@ impl Period {
     pub fn tick_millis(self) -> u64 {
         match self {
             Period::Second | Period::Minute => 1,
-            Period::Hour | Period::Day => 1_000,
+            Period::Hour | Period::Day | Period::Week | Period::Month | Period::Year => 1_000,
         }
     }
 
@@ -52,6 +71,9 @@ impl Period {
             Period::Minute => "minute",
             Period::Hour => "hour",
             Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+            Period::Year => "year",
         }
     }
 
@@ -61,6 +83,9 @@ impl Period {
             "minute" | "m" => Some(Period::Minute),
             "hour" | "h" => Some(Period::Hour),
             "day" | "d" => Some(Period::Day),
+            "week" => Some(Period::Week),
+            "month" => Some(Period::Month),
+            "year" => Some(Period::Year),
             _ => None,
         }
     }
@@ -135,6 +160,10 @@ mod tests {
         for p in [Period::Second, Period::Minute, Period::Hour, Period::Day] {
             assert_eq!(p.millis() % p.tick_millis(), 0);
             assert!(Limit::max_amount(p) >= 100_000_000_000, "{p:?}");
+        }
+        for p in [Period::Week, Period::Month, Period::Year] {
+            assert_eq!(p.millis() % p.tick_millis(), 0);
+            assert!(Limit::max_amount(p) >= 100_000_000, "{p:?}");
         }
     }
 

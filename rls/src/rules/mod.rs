@@ -7,11 +7,14 @@
 //! * `identity`, `quota`, `class`, `llm`: LLM quotas, priority classes and
 //!   models, matched on who is asking and for what.
 //! * `policy`: what to answer when the store fails.
+//! * `mode`: how a domain answers (tollgate's all-or-nothing or
+//!   envoyproxy/ratelimit's per-descriptor counting, and its headers).
 
 mod class;
 mod identity;
 mod limit;
 mod llm;
+mod mode;
 mod policy;
 mod quota;
 mod rule;
@@ -21,7 +24,8 @@ pub use class::{Class, Classes, MaxWait};
 pub use identity::{Identity, IdentityKey, ValuePattern};
 pub use limit::{Algorithm, Limit, Period, MAX_COST};
 pub use llm::{Estimator, LlmConfig, LlmSettings, Model, SettlePolicy};
+pub use mode::{Counting, DomainMode, LimitHeaders};
 pub use policy::FailurePolicy;
 pub use quota::{CountSpec, Quota, QuotaLimit, Tokens};
-pub use rule::{EntryPattern, Rule, RuleId, RuleSet};
+pub use rule::{glob_matches, EntryPattern, Rule, RuleId, RuleSet};
 pub use tree::RuleTree;
