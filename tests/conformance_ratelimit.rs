@@ -23,7 +23,11 @@ use std::time::Duration;
 use tollgate_testkit::{avoid_window_edge, scratch_dir, RedisServer, Tollgate};
 use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+/// The binary under test; `TOLLGATE_BIN` runs the suite against another
+/// build (to see which cases an older tollgate fails).
+fn bin() -> String {
+    std::env::var("TOLLGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tollgate").to_string())
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Store {
@@ -39,9 +43,6 @@ struct Peer {
 }
 
 async fn peer(store: Store, yaml: &[(&str, &str)], env: &[(&str, &str)]) -> Peer {
-    // Every case runs inside one minute window: its hits must not straddle
-    // a boundary (the peer's tests use a mock clock).
-    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(8));
     let redis = matches!(store, Store::Redis).then(RedisServer::start);
     let mut toml =
         "[server]\ngrpc_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n".to_string();
@@ -53,10 +54,13 @@ async fn peer(store: Store, yaml: &[(&str, &str)], env: &[(&str, &str)]) -> Peer
     }
     let mut files: Vec<(&str, &str)> = vec![("tollgate.toml", toml.as_str())];
     files.extend_from_slice(yaml);
-    let tollgate = Tollgate::start_dir(BIN, &files, env);
+    let tollgate = Tollgate::start_dir(&bin(), &files, env);
     let client = RateLimitServiceClient::connect(format!("http://{}", tollgate.grpc_addr()))
         .await
         .expect("connect");
+    // Every case runs inside one minute window once started: its hits must
+    // not straddle a boundary (the peer's tests use a mock clock).
+    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(12));
     Peer {
         tollgate,
         client,
@@ -214,7 +218,7 @@ fn refused(yaml: &[(&str, &str)], env: &[(&str, &str)]) -> String {
     for (name, text) in yaml {
         std::fs::write(dir.join(name), text).expect("write");
     }
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("check").arg("--config").arg(&dir);
     for (k, v) in env {
         cmd.env(k, v);
@@ -268,6 +272,7 @@ on_both_stores!(
     integration_test_reload_config,
     integration_test_share_threshold,
     server_impl_test_json_handler,
+    toml_domains_answer_as_the_peer,
 );
 
 // ---------------------------------------------------------------------
@@ -937,7 +942,10 @@ async fn service_test_metadata_for_passed_descriptors(store: Store) {
     let mut p = peer(
         store,
         &[("quota.yaml", QUOTA)],
-        &[("RESPONSE_DYNAMIC_METADATA", "true")],
+        &[
+            ("QUOTA_MODE", "true"),
+            ("RESPONSE_DYNAMIC_METADATA", "true"),
+        ],
     )
     .await;
     let passed = |r: &RateLimitResponse| match r
@@ -993,7 +1001,7 @@ async fn service_test_metadata_for_passed_descriptors(store: Store) {
     expect(
         &r,
         Code::Ok,
-        &[ok(10, Unit::Minute, 7), over(5, Unit::Minute)],
+        &[ok(10, Unit::Minute, 8), over(5, Unit::Minute)],
     );
     let m = passed(&r);
     assert_eq!(
@@ -1011,7 +1019,8 @@ async fn service_test_metadata_for_passed_descriptors(store: Store) {
 /// `TestServiceQuotaModeOnlySomeOverTheLimit`.
 async fn service_test_per_descriptor_quota_modes(store: Store) {
     let mut p = peer(store, &[("quota.yaml", QUOTA)], &[]).await;
-    // A quota descriptor over, a regular one within: OK.
+    // A quota descriptor over, a regular one within: every quota-mode
+    // descriptor is over, so OVER_LIMIT (`TestServiceMixedPerDescriptorModes`).
     p.ask("quota-domain", vec![dh(&[("quota", "a")], 5)], 0)
         .await;
     let r = p
@@ -1023,7 +1032,7 @@ async fn service_test_per_descriptor_quota_modes(store: Store) {
         .await;
     expect(
         &r,
-        Code::Ok,
+        Code::OverLimit,
         &[ok(10, Unit::Minute, 9), over(5, Unit::Minute)],
     );
     // A regular descriptor over: OVER_LIMIT, whatever the quota one says.
@@ -1448,5 +1457,65 @@ async fn server_impl_test_json_handler(store: Store) {
     assert_eq!(
         v,
         serde_json::json!({"overallCode": "OK", "statuses": [{"code": "OK"}]})
+    );
+}
+
+// ---------------------------------------------------------------------
+// The same answers for TOML rules (issue 15, items 1, 2, 3, 6, 7, 8 hold
+// in every mode).
+
+/// The peer's answers from TOML rules: the name as configured (or none),
+/// 0 left without a limit and when over one, `*` anywhere, the request's
+/// own limit; from ratelimit_test.go `TestService`, `TestUnlimited`,
+/// config_test.go `TestWildcardConfig`, `TestConfigLimitOverride`.
+async fn toml_domains_answer_as_the_peer(store: Store) {
+    let toml = r#"
+[[rule]]
+domain = "edge"
+match = ["tenant"]
+limit = { requests = 10, per = "minute" }
+
+[[rule]]
+domain = "edge"
+match = ["tenant=named"]
+limit = { requests = 10, per = "minute" }
+name = "the-name"
+
+[[rule]]
+domain = "edge"
+match = ["path=/api*v1"]
+limit = { requests = 10, per = "minute" }
+"#;
+    let mut p = peer(store, &[("rules.toml", toml)], &[]).await;
+    let r = p.ask("edge", vec![d(&[("tenant", "a")])], 1).await;
+    expect(&r, Code::Ok, &[ok(10, Unit::Minute, 9)]);
+    let r = p.ask("edge", vec![d(&[("tenant", "named")])], 1).await;
+    expect(&r, Code::Ok, &[named(ok(10, Unit::Minute, 9), "the-name")]);
+    let r = p.ask("edge", vec![d(&[("nothing", "here")])], 1).await;
+    expect(&r, Code::Ok, &[none()]);
+    p.ask("edge", vec![dh(&[("tenant", "b")], 6)], 0).await;
+    let r = p.ask("edge", vec![dh(&[("tenant", "b")], 6)], 0).await;
+    expect(&r, Code::OverLimit, &[over(10, Unit::Minute)]);
+    assert!(
+        header(&r, "retry-after").is_some(),
+        "TOML domains keep retry-after"
+    );
+    let r = p.ask("edge", vec![d(&[("path", "/api/x/v1")])], 1).await;
+    expect(&r, Code::Ok, &[ok(10, Unit::Minute, 9)]);
+    let r = p.ask("edge", vec![dl(&[("tenant", "c")], 1, 2)], 1).await;
+    expect(&r, Code::Ok, &[ok(1, Unit::Minute, 0)]);
+    let r = p.ask("edge", vec![dl(&[("tenant", "c")], 1, 2)], 1).await;
+    expect(&r, Code::OverLimit, &[over(1, Unit::Minute)]);
+}
+
+/// config_test.go `TestReplacesSelf`, for TOML: a rule that replaces itself
+/// would never be enforced; it is refused.
+#[test]
+fn toml_replaces_self_is_refused() {
+    let toml = "[[rule]]\ndomain = \"d\"\nmatch = [\"k\"]\nname = \"me\"\nreplaces = [\"me\"]\nlimit = { requests = 1, per = \"minute\" }\n";
+    let stderr = refused(&[("self.toml", toml)], &[]);
+    assert!(
+        stderr.contains("self.toml:1: rule[0].replaces: `me` replaces itself"),
+        "{stderr}"
     );
 }

@@ -83,7 +83,7 @@ async fn peer_answers_through_envoy(s: Stack) {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client");
-    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(5));
+    avoid_window_edge(Duration::from_secs(60), Duration::from_secs(10));
     let get = |path: &'static str, tenant: &'static str| {
         let url = s.envoy.url(path);
         let client = client.clone();
