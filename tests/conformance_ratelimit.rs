@@ -273,6 +273,7 @@ on_both_stores!(
     integration_test_share_threshold,
     server_impl_test_json_handler,
     toml_domains_answer_as_the_peer,
+    import_gives_the_same_answers,
 );
 
 // ---------------------------------------------------------------------
@@ -320,6 +321,10 @@ descriptors:
 /// config_test.go `TestBasicConfig`: what each descriptor finds.
 async fn config_test_basic_config(store: Store) {
     let mut p = peer(store, &[("basic.yaml", BASIC)], &[]).await;
+    basic_config_answers(&mut p).await;
+}
+
+async fn basic_config_answers(p: &mut Peer) {
     for (domain, e, want) in [
         ("foo_domain", &[("key1", "value1")][..], none()),
         ("test-domain", &[("key1", "something")][..], none()),
@@ -433,9 +438,17 @@ async fn config_test_config_limit_override(store: Store) {
 
 /// config_test.go `TestEmptyDomain` ... `TestUnlimitedWithRateLimitUnit`:
 /// every refusal, with the peer's message and tollgate's file:line.
+/// A refusal case: the peer's test, the files, the env, the message.
+type Refusal<'a> = (
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    &'a [(&'a str, &'a str)],
+    &'a str,
+);
+
 #[test]
 fn config_test_refusals() {
-    let cases: &[(&str, &[(&str, &str)], &[(&str, &str)], &str)] = &[
+    let cases: &[Refusal] = &[
         ("TestEmptyDomain", &[("empty_domain.yaml", "domain: \"\"\ndescriptors:\n  - key: k\n")], &[], "empty_domain.yaml:1: domain: config file cannot have empty domain"),
         (
             "TestDuplicateDomain",
@@ -1518,4 +1531,36 @@ fn toml_replaces_self_is_refused() {
         stderr.contains("self.toml:1: rule[0].replaces: `me` replaces itself"),
         "{stderr}"
     );
+}
+
+/// `tollgate import` of the peer's YAML gives TOML with the same answers:
+/// config_test.go `TestBasicConfig` again, and the peer's counting
+/// (integration_test.go: a denied hit is counted).
+async fn import_gives_the_same_answers(store: Store) {
+    let dir = scratch_dir("conformance-import");
+    std::fs::write(dir.join("basic.yaml"), BASIC).expect("write");
+    let out = Command::new(bin())
+        .arg("import")
+        .arg(&dir)
+        .output()
+        .expect("run tollgate import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        toml.contains("# Allow-listed: a node with no rate_limit."),
+        "{toml}"
+    );
+    let mut p = peer(store, &[("imported.toml", &toml)], &[]).await;
+    basic_config_answers(&mut p).await;
+    let r = p
+        .ask("test-domain", vec![dh(&[("key2", "count")], 21)], 0)
+        .await;
+    expect(&r, Code::OverLimit, &[over(20, Unit::Minute)]);
+    let r = p.ask("test-domain", vec![d(&[("key2", "count")])], 1).await;
+    expect(&r, Code::OverLimit, &[over(20, Unit::Minute)]);
+    assert!(header(&r, "retry-after").is_none(), "{r:?}");
 }

@@ -134,9 +134,18 @@ pub(crate) fn settings(
         let flag = || go_bool(value).ok_or_else(|| bad(format!("`{value}` is not a boolean")));
         let result = match name.as_str() {
             "LIMIT_RESPONSE_HEADERS_ENABLED" => flag().map(|b| s.response_headers = b),
-            "LIMIT_LIMIT_HEADER" => Ok(s.headers.limit = value.clone()),
-            "LIMIT_REMAINING_HEADER" => Ok(s.headers.remaining = value.clone()),
-            "LIMIT_RESET_HEADER" => Ok(s.headers.reset = value.clone()),
+            "LIMIT_LIMIT_HEADER" => {
+                s.headers.limit = value.clone();
+                Ok(())
+            }
+            "LIMIT_REMAINING_HEADER" => {
+                s.headers.remaining = value.clone();
+                Ok(())
+            }
+            "LIMIT_RESET_HEADER" => {
+                s.headers.reset = value.clone();
+                Ok(())
+            }
             "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT" => flag().map(|b| s.stop_increment = b),
             "SHADOW_MODE" => flag().map(|b| s.shadow = b),
             "QUOTA_MODE" => flag().map(|b| s.quota_mode = b),
