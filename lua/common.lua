@@ -47,14 +47,17 @@ local function get_bucket(key)
   return tonumber(level), tonumber(tick)
 end
 
+-- A clock that went backwards refills nothing and keeps the later tick;
+-- the level is held to this capacity even in the same tick (a bucket left
+-- by a larger limit, lowered by a reload, gives no more than the new one).
 local function refill(s, level, tick)
   local cap = s.amount * s.ticks
   if level == nil then return cap, s.anchor end
   if tick < s.anchor then
     level = level + (s.anchor - tick) * s.amount
-    if level > cap then level = cap end
     tick = s.anchor
   end
+  if level > cap then level = cap end
   return level, tick
 end
 
@@ -77,8 +80,8 @@ end
 local function bucket_answer(s, now, level, tick, need)
   local cap = s.amount * s.ticks
   local reset = time_to_level(s, now, level, cap, tick)
-  local retry
-  if need > cap then retry = reset else retry = time_to_level(s, now, level, need, tick) end
+  -- A cost above the whole capacity never fits: retry when full.
+  local retry = time_to_level(s, now, level, math.min(need, cap), tick)
   local positive = level
   if positive < 0 then positive = 0 end
   return div_floor(positive, s.ticks), reset, retry

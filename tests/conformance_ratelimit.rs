@@ -274,6 +274,7 @@ on_both_stores!(
     server_impl_test_json_handler,
     toml_domains_answer_as_the_peer,
     import_gives_the_same_answers,
+    utilities_unit_to_divider_long_units,
 );
 
 // ---------------------------------------------------------------------
@@ -1563,4 +1564,107 @@ async fn import_gives_the_same_answers(store: Store) {
     let r = p.ask("test-domain", vec![d(&[("key2", "count")])], 1).await;
     expect(&r, Code::OverLimit, &[over(20, Unit::Minute)]);
     assert!(header(&r, "retry-after").is_none(), "{r:?}");
+}
+
+/// The peer's long units, in every letter case it accepts.
+const LONG_UNITS: &str = r#"domain: long
+descriptors:
+  - key: w
+    rate_limit: {unit: week, requests_per_unit: 2}
+  - key: m
+    rate_limit: {unit: Month, requests_per_unit: 2}
+  - key: y
+    rate_limit: {unit: YEAR, requests_per_unit: 2}
+"#;
+
+const WEEK_S: u64 = 7 * 86_400;
+const MONTH_S: u64 = 30 * 86_400;
+const YEAR_S: u64 = 365 * 86_400;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// The status's reset is the peer's `divider - now % divider`, give or take
+/// the second the request took.
+#[track_caller]
+fn resets_as_the_peer(s: &DescriptorStatus, divider: u64) {
+    let reset = s
+        .duration_until_reset
+        .as_ref()
+        .map(|d| d.seconds as u64)
+        .unwrap_or_else(|| panic!("no reset: {s:?}"));
+    let want = divider - unix_now() % divider;
+    assert!(
+        reset.abs_diff(want) <= 2,
+        "reset {reset}s, the peer's {want}s (divider {divider}s): {s:?}"
+    );
+}
+
+async fn long_unit_answers(p: &mut Peer) {
+    for (key, unit, divider) in [
+        ("w", Unit::Week, WEEK_S),
+        ("m", Unit::Month, MONTH_S),
+        ("y", Unit::Year, YEAR_S),
+    ] {
+        let r = p.ask("long", vec![d(&[(key, "a")])], 1).await;
+        expect(&r, Code::Ok, &[ok(2, unit, 1)]);
+        resets_as_the_peer(&r.statuses[0], divider);
+        let r = p.repeat(2, "long", &[(key, "a")]).await;
+        expect(&r, Code::OverLimit, &[over(2, unit)]);
+        resets_as_the_peer(&r.statuses[0], divider);
+    }
+}
+
+/// No peer test asks for the long units; its source is the spec:
+/// src/utils/utilities.go `UnitToDivider` and `CalculateReset` make a
+/// week, month and year 7, 30 and 365 days counted from the epoch (a week
+/// starts on a Thursday), reset `divider - now % divider`; the same for a
+/// request's own WEEK limit (config_test.go `TestConfigLimitOverride`'s
+/// path), and for the TOML `tollgate import` writes (`time_zone =
+/// "epoch"`). A TOML rule without it keeps tollgate's calendar week (from
+/// Monday), side by side.
+async fn utilities_unit_to_divider_long_units(store: Store) {
+    let mut p = peer(store, &[("long.yaml", LONG_UNITS)], &[]).await;
+    long_unit_answers(&mut p).await;
+    let r = p
+        .ask("long", vec![dl(&[("w", "b")], 1, Unit::Week as i32)], 1)
+        .await;
+    expect(&r, Code::Ok, &[ok(1, Unit::Week, 0)]);
+    resets_as_the_peer(&r.statuses[0], WEEK_S);
+
+    let dir = scratch_dir("conformance-import-long");
+    std::fs::write(dir.join("long.yaml"), LONG_UNITS).expect("write");
+    let out = Command::new(bin())
+        .arg("import")
+        .arg(&dir)
+        .output()
+        .expect("run tollgate import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(toml.matches("time_zone = \"epoch\"").count(), 3, "{toml}");
+    let calendar = "[[rule]]\ndomain = \"calendar\"\nmatch = [\"w\"]\nlimit = { requests = 2, per = \"week\" }\n";
+    let mut p = peer(
+        store,
+        &[("imported.toml", &toml), ("calendar.toml", calendar)],
+        &[],
+    )
+    .await;
+    long_unit_answers(&mut p).await;
+    let r = p.ask("calendar", vec![d(&[("w", "a")])], 1).await;
+    let reset = r.statuses[0]
+        .duration_until_reset
+        .as_ref()
+        .map(|d| d.seconds as u64)
+        .expect("a reset");
+    // 1970-01-05 was the first Monday: calendar weeks are 4 days later.
+    let monday = WEEK_S - (unix_now() - 4 * 86_400) % WEEK_S;
+    assert!(reset.abs_diff(monday) <= 2, "{reset} vs {monday}: {r:?}");
 }

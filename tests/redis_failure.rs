@@ -181,6 +181,13 @@ async fn a_cluster_node_dies_and_returns() {
     let mut c = RateLimitServiceClient::connect(format!("http://{}", t.grpc_addr()))
         .await
         .unwrap();
+    // The connection to the cluster is made in the background: on a busy
+    // machine the first calls may come before it (and be answered by
+    // policy). Up means answered by the store.
+    let connected = Instant::now() + Duration::from_secs(10);
+    while ask(&mut c, "closed").await.0 != Code::Ok && Instant::now() < connected {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for d in ["open", "closed", "local"] {
         assert_eq!(ask(&mut c, d).await.0, Code::Ok, "{d} with the cluster up");
     }

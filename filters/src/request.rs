@@ -44,6 +44,8 @@ pub enum RequestError {
     MissingModel,
     #[error("`{field}` has the wrong type")]
     WrongType { field: &'static str },
+    #[error("cannot re-encode the request body ({0})")]
+    Rewrite(String),
 }
 
 /// Parses a request body. `prefer_bpe` picks a real tokenizer for OpenAI

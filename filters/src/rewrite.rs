@@ -15,6 +15,12 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, RequestError> {
     }
 }
 
+/// The rewritten body. Encoding a map of JSON values cannot fail in
+/// practice; if it did, the caller keeps the body it had.
+fn encode(o: &Map<String, Value>) -> Result<Vec<u8>, RequestError> {
+    serde_json::to_vec(o).map_err(|e| RequestError::Rewrite(e.to_string()))
+}
+
 /// A streamed OpenAI chat or completions request reports usage only if
 /// `stream_options.include_usage` is true; returns the body with it set, or
 /// `None` when nothing needs to change (not streamed, already set, or an
@@ -42,14 +48,14 @@ pub fn ensure_stream_usage(
         return Ok(None);
     }
     options.insert("include_usage".into(), Value::Bool(true));
-    Ok(Some(serde_json::to_vec(&o).unwrap_or_default()))
+    encode(&o).map(Some)
 }
 
 /// The body with its top-level `model` replaced (model fallback).
 pub fn rewrite_model(body: &[u8], new_model: &str) -> Result<Vec<u8>, RequestError> {
     let mut o = object(body)?;
     o.insert("model".into(), Value::String(new_model.to_string()));
-    Ok(serde_json::to_vec(&o).unwrap_or_default())
+    encode(&o)
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //!   byte (`http.rs`);
 //! * `report`: the markdown tables from the collected results (`report.rs`);
 //! * `null-ext-proc`: an ext_proc server that does nothing, the baseline
-//!   under tollgate's ext_proc figures (`null_ext_proc.rs`).
+//!   under tollgate's ext_proc figures (`null_ext_proc.rs`);
+//! * `null-rls`: a rate limit service that answers OK and does nothing,
+//!   the baseline under tollgate's rate limit figures through Envoy
+//!   (`null_rls.rs`).
 //!
 //! `grpc` and `http` run at the maximum rate or on a fixed schedule
 //! (`pace.rs`, free of coordinated omission) and print throughput and
@@ -17,6 +20,7 @@
 mod grpc;
 mod http;
 mod null_ext_proc;
+mod null_rls;
 mod pace;
 mod report;
 mod stats;
@@ -54,6 +58,9 @@ enum Command {
     /// An ext_proc server that answers every message at once and does
     /// nothing else: the baseline under tollgate's ext_proc figures.
     NullExtProc(null_ext_proc::NullArgs),
+    /// A rate limit service that answers OK at once and does nothing else:
+    /// the floor under tollgate's rate limit figures through Envoy.
+    NullRls(null_ext_proc::NullArgs),
 }
 
 /// How hard and how long, for every kind of load.
@@ -83,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let (run, pace, tally) = match &cli.command {
         Command::Report(args) => return report::run(args),
         Command::NullExtProc(args) => return null_ext_proc::serve(args).await,
+        Command::NullRls(args) => return null_rls::serve(args).await,
         Command::Grpc { run, grpc } => {
             let pace = Pace::new(run.rate, run.warmup, run.duration);
             let tally = grpc::run(grpc, run.concurrency, &pace).await?;

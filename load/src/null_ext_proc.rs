@@ -15,12 +15,12 @@ use std::{net::SocketAddr, pin::Pin};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Where to listen.
+/// Where a do-nothing server listens.
 #[derive(clap::Args, Debug)]
 pub struct NullArgs {
     /// `host:port` of the gRPC listener.
     #[arg(long)]
-    listen: SocketAddr,
+    pub listen: SocketAddr,
 }
 
 /// The do-nothing processor: each message gets the empty answer of its kind.

@@ -67,6 +67,13 @@ async fn config(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             "timeout": humantime::format_duration(c.store.timeout).to_string(),
             "on_error": c.store.on_error,
         },
+        "instance": {
+            "id": app.engine.counters().instances().id,
+            // As the registry counted at its last heartbeat (1 for a store
+            // nobody shares).
+            "live": app.engine.counters().instances().live(),
+        },
+        "leases": c.leases,
         "rules": c.rules.rules,
         // Models, quotas, classes and the ext_proc settings in force.
         "llm": &*c.llm,

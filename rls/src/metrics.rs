@@ -5,8 +5,10 @@
 //! deliberately; its descriptor values are capped per rule.
 
 mod cache;
+mod leases;
 
 use cache::PairCache;
+pub use leases::LeaseFamilies;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -49,6 +51,8 @@ pub struct Metrics {
     llm_requests: IntCounterVec,
     llm_tokens: IntCounterVec,
     quota_tokens: IntCounterVec,
+    quota_spend: IntCounterVec,
+    quota_warnings: IntCounterVec,
     llm_settlements: IntCounterVec,
     estimate_error: HistogramVec,
     /// Requests waiting for capacity now.
@@ -56,6 +60,8 @@ pub struct Metrics {
     llm_wait_seconds: HistogramVec,
     llm_fallbacks: IntCounterVec,
     internal_errors: IntCounterVec,
+    /// Leases and the instance registry.
+    pub leases: LeaseFamilies,
     detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
     /// Per (domain, rule): total, within, near, over, shadow.
     rule_children: PairCache<IntCounter, 5>,
@@ -147,6 +153,7 @@ impl Metrics {
             .register(Box::new(llm_wait_seconds.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
+            leases: LeaseFamilies::new(r),
             llm_waiting,
             llm_wait_seconds,
             llm_fallbacks: counter(
@@ -178,6 +185,18 @@ impl Metrics {
                 "tollgate_quota_tokens_total",
                 "Token cost by quota and kind (reserved, refunded, overage).",
                 &["quota", "kind"],
+            ),
+            quota_spend: counter(
+                r,
+                "tollgate_quota_spend_micros_total",
+                "Spend by quota and kind (reserved, refunded, overage), in micro-units of [llm] currency.",
+                &["quota", "kind"],
+            ),
+            quota_warnings: counter(
+                r,
+                "tollgate_quota_warnings_total",
+                "Soft-limit crossings (warn_at), by quota and limit: once per window and key.",
+                &["quota", "limit"],
             ),
             llm_settlements: counter(
                 r,
@@ -282,9 +301,13 @@ impl Metrics {
     /// The text exposition for `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        // Encoding into a Vec cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        // Encoding into a Vec fails only for a malformed family (a bug):
+        // say so in the log and in the scrape, rather than answer nothing.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            buf.extend_from_slice(format!("# encoding failed: {e}\n").as_bytes());
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
     /// Counts one hit of a rule. `detail` is the descriptor's values for a
@@ -392,6 +415,20 @@ impl Metrics {
                 .with_label_values(&[quota, kind])
                 .inc_by(n);
         }
+    }
+
+    /// Money by quota, in micro-units.
+    pub fn quota_spend(&self, quota: &str, kind: &str, micros: u64) {
+        if micros > 0 {
+            self.quota_spend
+                .with_label_values(&[quota, kind])
+                .inc_by(micros);
+        }
+    }
+
+    /// A quota's `warn_at` was crossed on `limit` (its config field).
+    pub fn quota_warning(&self, quota: &str, limit: &str) {
+        self.quota_warnings.with_label_values(&[quota, limit]).inc();
     }
 
     /// `how`: usage, no_usage, upstream_error, aborted, already_settled.

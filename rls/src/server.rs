@@ -6,7 +6,7 @@ use crate::admin;
 use crate::app::App;
 use crate::background::Background;
 use crate::config::{Config, StoreKind};
-use crate::engine::{Clock, Engine};
+use crate::engine::{self, Clock, Counters, Engine, Instances, Leases};
 use crate::metrics::Metrics;
 use crate::rules::Estimator;
 use crate::service::{ExtProcGrpc, RateLimitGrpc};
@@ -47,9 +47,16 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let built = build_store(&config)?;
-    let engine = Engine::new(built.store.clone(), metrics.clone())
-        .with_failure_policy(config.store.on_error, LOCAL_SHARE);
+    let instance = Arc::new(Instances::new(instance_id()));
+    let built = build_store(&config, &instance.id)?;
+    let mut counters = Counters::new(built.store.clone(), metrics.clone())
+        .with_failure_policy(config.store.on_error)
+        .with_instances(instance.clone());
+    if built.store.is_shared() {
+        let leases = Leases::new(config.leases, instance, metrics.clone());
+        counters = counters.with_leases(Arc::new(leases));
+    }
+    let engine = Engine::from_counters(counters);
     let server = config.server.clone();
     let app = App::new(config, engine, metrics.clone(), built.health.clone());
 
@@ -114,6 +121,16 @@ fn spawn_background(
     } = built;
     if health.is_some() {
         background.spawn("store prober", |cancel| probe_store(store, cancel));
+        let (counters, policy) = (app.engine.counters().clone(), app.config.load().leases);
+        background.spawn("registry", |cancel| {
+            engine::keep_registered(counters, policy, cancel)
+        });
+    }
+    if let Some(leases) = app.engine.counters().leases() {
+        let (counters, leases) = (app.engine.counters().clone(), leases.clone());
+        background.spawn("lease returns", |cancel| {
+            engine::return_unused(counters, leases, cancel)
+        });
     }
     if let Some(path) = &options.config_path {
         crate::reload::spawn(background, app.clone(), path.clone());
@@ -184,7 +201,7 @@ struct Built {
     health: Option<Arc<Health>>,
 }
 
-fn build_store(config: &Config) -> anyhow::Result<Built> {
+fn build_store(config: &Config, instance: &str) -> anyhow::Result<Built> {
     Ok(match config.store.kind {
         StoreKind::Memory => {
             let memory = Arc::new(MemoryStore::new());
@@ -205,7 +222,8 @@ fn build_store(config: &Config) -> anyhow::Result<Built> {
                 config.store.connect_timeout,
                 config.store.timeout,
             )
-            .context("bad store.url")?;
+            .context("bad store.url")?
+            .with_instance(instance.to_string());
             let health = Arc::new(Health::new(BREAKER_COOLDOWN));
             let store = Arc::new(Breaker::new(Arc::new(redis), health.clone()));
             Built {
@@ -223,10 +241,19 @@ const SHARES_IDLE_MS: u64 = 600_000;
 /// How long an open breaker waits before its next probe.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 
-/// Each instance's share of a `local` rule's limit while the store is
-/// down. 1.0 (the whole limit in every instance) until instances know how
-/// many they are; docs/operations.md says so.
-const LOCAL_SHARE: f64 = 1.0;
+/// This instance's name in the registry, logs and metrics: the host's
+/// name (a pod's name on Kubernetes) and a random suffix, so two processes
+/// on one host are two instances.
+fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tollgate".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
+}
 
 /// Pings the shared store once a second: finds a dead store without
 /// traffic (so `/readyz` turns 503), and probes an open breaker closed.

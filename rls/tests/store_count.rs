@@ -22,11 +22,7 @@ for_each_store!(
 fn hit(key: &str, amount: u64, algorithm: Algorithm, cost: u64) -> Hit {
     Hit {
         key: format!("tg:{{{key}}}:m"),
-        counter: Counter::Rate(Limit {
-            amount,
-            period: Period::Minute,
-            algorithm,
-        }),
+        counter: Counter::Rate(Limit::new(amount, Period::Minute, algorithm)),
         cost,
         enforce: true,
     }

@@ -3,10 +3,10 @@
 //! give identical answers for the same calls at the same (manual) times.
 
 use proptest::prelude::*;
-use tollgate::rules::{Algorithm, Limit, Period};
+use tollgate::rules::{Algorithm, Limit, Period, Zone};
 use tollgate::store::{counter_key, Counter, Hit, Hold, SettleOp};
 
-const T0: u64 = 1_800_000_000_000; // a whole day boundary, in ms
+const T0: u64 = 1_800_000_000_000; // a whole hour (not day) boundary, in ms
 
 mod common;
 
@@ -25,6 +25,12 @@ for_each_store!(
     slots_are_held_until_release_or_deadline,
     a_refund_into_an_ended_window_is_dropped,
     a_denial_in_a_later_slot_rolls_back_earlier_slots,
+    a_window_holds_its_limit_from_its_first_to_its_last_millisecond,
+    a_bucket_refills_at_the_tick_and_gives_its_last_token,
+    a_lowered_bucket_limit_holds_at_once,
+    a_charged_bucket_pays_its_debt_before_it_gives,
+    the_last_slot_and_the_deadline_millisecond,
+    a_calendar_windows_key_expires_at_its_end,
 );
 
 /// On a cluster the two tags live in different slots (taken in tag order,
@@ -240,6 +246,7 @@ fn hit(key: &str, amount: u64, period: Period, algorithm: Algorithm, cost: u64) 
             amount,
             period,
             algorithm,
+            zone: tollgate::rules::Zone::Utc,
         }),
         cost,
         enforce: true,
@@ -380,6 +387,169 @@ async fn windows_reset_on_the_boundary(s: &Subject) {
     assert_eq!(o.hits[0].reset_after_ms, 1_000);
 }
 
+/// A window admits the hit that brings it to its limit exactly, not one
+/// unit more, from its first millisecond to its last; the next millisecond
+/// is a new window.
+async fn a_window_holds_its_limit_from_its_first_to_its_last_millisecond(s: &Subject) {
+    let store = s.store.as_ref();
+    let h = |cost| hit("edges", 10, Period::Minute, Algorithm::FixedWindow, cost);
+    let o = store.take(&[h(7)], None, T0).await.unwrap();
+    assert!(o.admitted);
+    assert_eq!(o.hits[0].remaining, 3);
+    assert_eq!(o.hits[0].reset_after_ms, 60_000, "the first millisecond");
+    let o = store.take(&[h(4)], None, T0).await.unwrap();
+    assert!(!o.admitted, "7 + 4 passes 10");
+    assert_eq!(o.hits[0].remaining, 3, "and took nothing");
+    let o = store.take(&[h(3)], None, T0).await.unwrap();
+    assert!(o.admitted, "7 + 3 is exactly 10");
+    assert_eq!(o.hits[0].remaining, 0);
+    assert!(
+        store.take(&[h(0)], None, T0).await.unwrap().admitted,
+        "a check fits"
+    );
+    let o = store.take(&[h(1)], None, T0 + 59_999).await.unwrap();
+    assert!(!o.admitted, "the same window at its last millisecond");
+    assert_eq!(o.hits[0].reset_after_ms, 1);
+    assert_eq!(o.hits[0].retry_after_ms, 1);
+    let o = store.take(&[h(10)], None, T0 + 60_000).await.unwrap();
+    assert!(o.admitted, "a new window");
+    assert_eq!(o.hits[0].remaining, 0);
+    assert_eq!(o.hits[0].reset_after_ms, 60_000);
+}
+
+/// A bucket gives its last token and not one more, refills at the tick and
+/// not a millisecond before, and a clock that goes back refills nothing.
+async fn a_bucket_refills_at_the_tick_and_gives_its_last_token(s: &Subject) {
+    let store = s.store.as_ref();
+    // 3 600 per hour: one token per 1 s tick.
+    let h = |cost| hit("ticks", 3_600, Period::Hour, Algorithm::TokenBucket, cost);
+    assert!(store.take(&[h(3_600)], None, T0).await.unwrap().admitted);
+    let o = store.take(&[h(1)], None, T0 + 999).await.unwrap();
+    assert!(!o.admitted, "the first tick ends at T0 + 1 000");
+    assert_eq!(o.hits[0].retry_after_ms, 1);
+    let o = store.take(&[h(1)], None, T0 + 1_000).await.unwrap();
+    assert!(o.admitted, "one tick, one token");
+    assert_eq!(o.hits[0].remaining, 0);
+    let o = store.take(&[h(0)], None, T0 + 3_500).await.unwrap();
+    assert_eq!(o.hits[0].remaining, 2, "two more whole ticks");
+    assert_eq!(o.hits[0].reset_after_ms, 3_598_000 - 500);
+    assert!(
+        !store
+            .take(&[h(3)], None, T0 + 3_500)
+            .await
+            .unwrap()
+            .admitted
+    );
+    assert!(
+        store
+            .take(&[h(2)], None, T0 + 3_500)
+            .await
+            .unwrap()
+            .admitted,
+        "the last two"
+    );
+    let o = store.take(&[h(1)], None, T0 + 1_000).await.unwrap();
+    assert!(!o.admitted, "back in time: nothing refilled");
+    assert_eq!(o.hits[0].remaining, 0);
+    assert_eq!(
+        o.hits[0].retry_after_ms, 3_000,
+        "a tick after the stored one"
+    );
+}
+
+/// The counter key does not name the amount, so a reload that lowers a
+/// bucket's limit finds the bucket the old limit left: it holds at most the
+/// new capacity from the first call, even within the same tick.
+async fn a_lowered_bucket_limit_holds_at_once(s: &Subject) {
+    let store = s.store.as_ref();
+    let before = hit("lowered", 1_000, Period::Hour, Algorithm::TokenBucket, 10);
+    assert!(store.take(&[before], None, T0).await.unwrap().admitted);
+    let after = |cost| hit("lowered", 100, Period::Hour, Algorithm::TokenBucket, cost);
+    let o = store.take(&[after(0)], None, T0).await.unwrap();
+    assert_eq!(
+        o.hits[0].remaining, 100,
+        "990 left of the old limit, 100 of the new"
+    );
+    assert!(!store.take(&[after(101)], None, T0).await.unwrap().admitted);
+    let o = store.take(&[after(100)], None, T0).await.unwrap();
+    assert!(o.admitted);
+    assert_eq!(o.hits[0].remaining, 0);
+}
+
+/// An overage charged to a bucket is debt: refill pays it off before a
+/// single token can be taken again.
+async fn a_charged_bucket_pays_its_debt_before_it_gives(s: &Subject) {
+    let store = s.store.as_ref();
+    // 60 per minute: one token per second.
+    let h = |cost| hit("debt", 60, Period::Minute, Algorithm::TokenBucket, cost);
+    let res = hold("debt", 60_000);
+    assert!(store.take(&[h(60)], Some(&res), T0).await.unwrap().admitted);
+    let charge = [SettleOp::Charge {
+        key: h(0).key,
+        limit: limit_of(&h(0)),
+        cost: 30,
+    }];
+    assert!(store
+        .settle(&res.record_key, "debt", &charge, T0)
+        .await
+        .unwrap());
+    let o = store.take(&[h(1)], None, T0 + 30_999).await.unwrap();
+    assert!(
+        !o.admitted,
+        "30 s pay the debt, the first token is 1 s later"
+    );
+    assert_eq!(o.hits[0].retry_after_ms, 1);
+    assert_eq!(o.hits[0].reset_after_ms, 59_001, "0.999 tokens held");
+    let o = store.take(&[h(1)], None, T0 + 31_000).await.unwrap();
+    assert!(o.admitted);
+    assert_eq!(o.hits[0].remaining, 0);
+}
+
+/// The last slot can be taken, one more cannot; a holder counts until its
+/// deadline and not at it; a check holds no slot.
+async fn the_last_slot_and_the_deadline_millisecond(s: &Subject) {
+    let store = s.store.as_ref();
+    let slot = Hit {
+        key: "tg:{test}:last".into(),
+        counter: Counter::Slots { max: 2 },
+        cost: 1,
+        enforce: true,
+    };
+    let take = |id: &str, ttl_ms, now| {
+        let h = hold(id, ttl_ms);
+        let hits = [slot.clone()];
+        async move { store.take(&hits, Some(&h), now).await.unwrap() }
+    };
+    assert!(take("a", 10_000, T0).await.admitted);
+    let b = take("b", 50_000, T0).await;
+    assert!(b.admitted, "the last of 2");
+    assert_eq!(b.hits[0].remaining, 0);
+    assert!(
+        !take("c", 50_000, T0 + 9_999).await.admitted,
+        "a holds until T0 + 10 000"
+    );
+    let check = store
+        .take(&[slot.clone()], None, T0 + 10_000)
+        .await
+        .unwrap();
+    assert!(check.admitted);
+    assert_eq!(
+        check.hits[0].remaining, 1,
+        "a's deadline is now: its slot is free"
+    );
+    let check = store
+        .take(&[slot.clone()], None, T0 + 10_000)
+        .await
+        .unwrap();
+    assert_eq!(check.hits[0].remaining, 1, "the check before held nothing");
+    let c = take("c", 50_000, T0 + 10_000).await;
+    assert!(c.admitted);
+    assert_eq!(c.hits[0].remaining, 0);
+    let d = take("d", 50_000, T0 + 10_000).await;
+    assert!(!d.admitted);
+    assert_eq!(d.hits[0].retry_after_ms, 1_000);
+}
+
 /// One random step: a take or a give-back of some hits, some time later.
 #[derive(Debug, Clone)]
 struct Step {
@@ -394,26 +564,31 @@ fn counters() -> Vec<Limit> {
             amount: 7,
             period: Period::Second,
             algorithm: Algorithm::FixedWindow,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 50,
             period: Period::Minute,
             algorithm: Algorithm::FixedWindow,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 13,
             period: Period::Second,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 1_000,
             period: Period::Minute,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 100_000,
             period: Period::Day,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
     ]
 }
@@ -438,8 +613,128 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
+/// Calendar counters: days in a zone with a DST change, weeks from Monday,
+/// months, and a money budget (micro-units; costs of whole cents and more).
+fn calendar_counters() -> Vec<Limit> {
+    let berlin = Zone::parse("Europe/Berlin").unwrap();
+    let new_york = Zone::parse("America/New_York").unwrap();
+    let fixed = Algorithm::FixedWindow;
+    vec![
+        Limit {
+            zone: berlin,
+            ..Limit::new(40, Period::Day, fixed)
+        },
+        Limit {
+            zone: new_york,
+            ..Limit::new(90, Period::Week, fixed)
+        },
+        Limit::new(200, Period::Month, fixed),
+        Limit {
+            zone: berlin,
+            ..Limit::new(500_000_000, Period::Month, fixed)
+        },
+        Limit::new(5_000, Period::Year, fixed),
+    ]
+}
+
+fn calendar_step() -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![0u64..5_000, 0u64..3_600_000, 0u64..129_600_000],
+        prop::bool::weighted(0.15),
+        prop::collection::vec(
+            (
+                0usize..5,
+                prop_oneof![0u64..4, 0u64..30, 1_000_000u64..60_000_000],
+                prop::bool::weighted(0.9),
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(|(after_ms, give_back, hits)| Step {
+            after_ms,
+            give_back,
+            hits,
+        })
+}
+
+/// Runs `steps` on both stores over `limits`, asserting equal answers.
+async fn agree(tag: &str, limits: &[Limit], steps: &[Step], start: u64) {
+    let mem = memory().await;
+    let red = redis().await;
+    let mut now = start;
+    for (i, s) in steps.iter().enumerate() {
+        now += s.after_ms;
+        let hits: Vec<Hit> = s
+            .hits
+            .iter()
+            .map(|&(c, cost, enforce)| Hit {
+                key: format!("tg:{{{tag}}}:c{c}"),
+                counter: Counter::Rate(limits[c % limits.len()]),
+                cost,
+                enforce,
+            })
+            .collect();
+        if s.give_back {
+            let a = mem.store.give_back(&hits, now).await.unwrap();
+            let b = red.store.give_back(&hits, now).await.unwrap();
+            assert_eq!(a, b, "step {i} at {now}: {s:?}");
+        } else {
+            let a = mem.store.take(&hits, None, now).await.unwrap();
+            let b = red.store.take(&hits, None, now).await.unwrap();
+            assert_eq!(a, b, "step {i} at {now}: {s:?}");
+        }
+    }
+}
+
+/// 2027-03-27 00:00 UTC: Europe's DST change is the next night, March
+/// ends four days later, and New York's comes in the autumn run below.
+const MARCH_2027: u64 = 1_806_105_600_000;
+/// 2027-10-30 00:00 UTC: Europe's DST ends the next night, New York's a
+/// week later; October and then a week end in between.
+const OCTOBER_2027: u64 = 1_824_854_400_000;
+
+/// A month-long Redis key expires when its month ends (in its zone), not
+/// 30 days on: the TTL is the window's own.
+async fn a_calendar_windows_key_expires_at_its_end(s: &Subject) {
+    let berlin = Zone::parse("Europe/Berlin").unwrap();
+    let month = Limit {
+        zone: berlin,
+        ..Limit::new(10, Period::Month, Algorithm::FixedWindow)
+    };
+    let h = Hit {
+        key: "tg:{ttl}:m".into(),
+        counter: Counter::Rate(month),
+        cost: 1,
+        enforce: true,
+    };
+    let now = MARCH_2027;
+    let o = s.store.take(&[h.clone()], None, now).await.unwrap();
+    // March in Berlin ends at 2027-03-31 22:00 UTC (CEST, UTC+2).
+    let end = MARCH_2027 + 4 * 86_400_000 + 22 * 3_600_000;
+    assert_eq!(o.hits[0].reset_after_ms, end - now);
+    if let Some(ttl) = s.pttl(&counter_key(&h.key, &h.counter, now)).await {
+        let want = (end - now) as i64;
+        assert!(
+            (want - 5_000..=want).contains(&ttl),
+            "PTTL {ttl} ms, window ends in {want} ms"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Calendar windows (zones, DST, weeks, months, money) agree too,
+    /// over runs that cross their boundaries.
+    #[test]
+    fn memory_and_redis_agree_on_calendar_windows(
+        steps in prop::collection::vec(calendar_step(), 1..60),
+        autumn in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let start = if autumn { OCTOBER_2027 } else { MARCH_2027 };
+        rt.block_on(agree("cal", &calendar_counters(), &steps, start));
+    }
 
     /// The same random calls at the same times give the same answers.
     #[test]

@@ -9,7 +9,7 @@
 use super::error::Source;
 use super::ratelimit_yaml;
 use super::ConfigErrors;
-use crate::rules::Rule;
+use crate::rules::{Rule, Zone};
 use std::fmt::Write as _;
 
 /// Converts one YAML file (`name` for messages and the header); the TOML
@@ -97,6 +97,11 @@ fn write_rule(out: &mut String, rule: &Rule, domain: &str) {
                 l.amount,
                 l.period.as_str()
             );
+            // The peer's weeks, months and years are 7, 30 and 365 days
+            // from the epoch; tollgate's follow the calendar by default.
+            if l.zone == Zone::Epoch && !l.period.is_fixed(Zone::Utc) {
+                let _ = writeln!(out, "time_zone = \"epoch\"");
+            }
         }
         (false, None) => {
             let _ = writeln!(out, "no_limit = true");

@@ -20,6 +20,7 @@ mod runtime;
 mod suggest;
 mod tree;
 mod validate;
+mod validate_leases;
 mod validate_llm;
 mod validate_tls;
 

@@ -10,7 +10,7 @@
 
 use super::error::Source;
 use super::ConfigError;
-use crate::rules::{Algorithm, EntryPattern, Limit, Period, Rule, RuleId};
+use crate::rules::{Algorithm, EntryPattern, Limit, Period, Rule, RuleId, Zone};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -717,6 +717,8 @@ impl Walk<'_, '_> {
                         amount: rpu,
                         period,
                         algorithm: Algorithm::FixedWindow,
+                        // The peer's windows: fixed lengths from the epoch.
+                        zone: Zone::Epoch,
                     }),
                     None => self.error(
                         unit_line,
@@ -764,6 +766,8 @@ impl Walk<'_, '_> {
                 .collect(),
             on_error: None,
             reserve: None,
+            // Leases slice all-or-nothing takes; the peer counts each hit.
+            lease: false,
             source: format!("{}:{}", self.src.name, node.line.max(1)),
             quota_mode: has_limit && d.quota,
             metadata: if has_limit { metadata } else { None },

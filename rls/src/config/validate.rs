@@ -3,19 +3,21 @@
 
 use super::error::Source;
 use super::file::{
-    ClassView, DomainView, LimitView, LlmView, ModelView, PeerView, QuotaView, RuleView,
-    ServerView, StoreView,
+    ClassView, DomainView, LeasesView, LimitView, LlmView, ModelView, PeerView, QuotaView,
+    RuleView, ServerView, StoreView,
 };
 use super::peer::{self, Origin, PeerEnv};
 use super::ratelimit_yaml;
 use super::redis_url;
 use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES, LOG_FORMATS, PERIODS, STORE_KINDS};
 use super::tree::{self, Document};
+use super::validate_leases;
 use super::validate_llm;
 use super::validate_tls;
 use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreConfig, StoreKind};
 use crate::rules::{
-    Algorithm, EntryPattern, FailurePolicy, Limit, LlmConfig, Period, Rule, RuleId, RuleSet,
+    Algorithm, EntryPattern, FailurePolicy, LeasePolicy, Limit, LlmConfig, Period, Rule, RuleId,
+    RuleSet, Zone,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -30,100 +32,29 @@ pub(crate) fn is_yaml(name: &str) -> bool {
 pub(crate) fn build(all: &[Source], env: &PeerEnv) -> Result<Config, ConfigErrors> {
     let (yaml, sources): (Vec<&Source>, Vec<&Source>) = all.iter().partition(|s| is_yaml(s.name));
     let mut errors = Vec::new();
-    let mut peer_view: Option<(usize, PeerView)> = None;
-    let mut domain_views: Vec<(String, Spanned<DomainView>)> = Vec::new();
-    // The file each TOML rule's domain is first written in.
-    let mut toml_domains: HashMap<String, String> = HashMap::new();
-    let mut server = None;
-    let mut store = None;
-    let mut rules = Vec::new();
-    let mut llm = LlmConfig::default();
-    let mut llm_set = false;
-    // `file:line` of each model, beside `llm.models`, for cross-checks.
-    let mut model_sources = Vec::new();
+    let mut parts = Parts::default();
     for (file_index, src) in sources.iter().copied().enumerate() {
-        let Some(mut doc) = Document::parse(src, &mut errors) else {
-            continue;
-        };
-        if let Some(p) = doc.table::<PeerView>(src, "envoy_ratelimit", &mut errors) {
-            if peer_view.is_some() {
-                errors.push(src.error(
-                    p.view.span().start,
-                    "envoy_ratelimit",
-                    "[envoy_ratelimit] is set in two files",
-                ));
-            }
-            peer_view = Some((file_index, p.view.into_inner()));
-        }
-        for value in doc.array(src, "domain", &mut errors) {
-            if let Some(d) = tree::view::<DomainView>(src, "domain", value, &mut errors) {
-                domain_views.push((src.name.to_string(), d.view));
-            }
-        }
-        if let Some(s) = doc.table::<ServerView>(src, "server", &mut errors) {
-            if server.is_some() {
-                errors.push(src.error(
-                    s.view.span().start,
-                    "server",
-                    "[server] is set in two files",
-                ));
-            }
-            server = Some(server_config(src, s.view.into_inner(), &mut errors));
-        }
-        if let Some(s) = doc.table::<StoreView>(src, "store", &mut errors) {
-            if store.is_some() {
-                errors.push(src.error(s.view.span().start, "store", "[store] is set in two files"));
-            }
-            let url_dropped = s.dropped("url");
-            store = Some(store_config(
-                src,
-                s.view.into_inner(),
-                url_dropped,
-                &mut errors,
-            ));
-        }
-        for (i, value) in doc.array(src, "rule", &mut errors).into_iter().enumerate() {
-            let before = errors.len();
-            if let Some(r) = tree::view::<RuleView>(src, "rule", value, &mut errors) {
-                if let Some(rule) = rule(src, i, r.view, before, &mut errors) {
-                    toml_domains
-                        .entry(rule.domain.clone())
-                        .or_insert_with(|| src.name.to_string());
-                    rules.push(rule);
-                }
-            }
-        }
-        if let Some(l) = doc.table::<LlmView>(src, "llm", &mut errors) {
-            if llm_set {
-                errors.push(src.error(l.view.span().start, "llm", "[llm] is set in two files"));
-            }
-            llm_set = true;
-            llm.settings = validate_llm::settings(src, l.view.into_inner(), &mut errors);
-        }
-        for value in doc.array(src, "model", &mut errors) {
-            if let Some(m) = tree::view::<ModelView>(src, "model", value, &mut errors) {
-                model_sources.push(format!("{}:{}", src.name, src.line_of(m.view.span().start)));
-                llm.models
-                    .push(validate_llm::model(src, m.view, &mut errors));
-            }
-        }
-        for value in doc.array(src, "quota", &mut errors) {
-            let before = errors.len();
-            if let Some(q) = tree::view::<QuotaView>(src, "quota", value, &mut errors) {
-                if let Some(q) = validate_llm::quota(src, q.view, before, &mut errors) {
-                    llm.quotas.push(q);
-                }
-            }
-        }
-        for value in doc.array(src, "class", &mut errors) {
-            if let Some(c) = tree::view::<ClassView>(src, "class", value, &mut errors) {
-                llm.classes
-                    .0
-                    .push(validate_llm::class(src, c.view, &mut errors));
-            }
-        }
+        parts.add_file(file_index, src, &mut errors);
+    }
+    let Parts {
+        server,
+        store,
+        leases,
+        mut rules,
+        rule_leases,
+        llm,
+        model_sources,
+        peer_view,
+        domain_views,
+        toml_domains,
+        ..
+    } = parts;
+    let leases = leases.unwrap_or_default();
+    for (rule, own) in rules.iter_mut().zip(rule_leases) {
+        rule.lease = own.unwrap_or(leases.by_default);
     }
     validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
+    validate_llm::check_prices(&llm, &model_sources, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
     let settings = peer::settings(
@@ -213,12 +144,133 @@ pub(crate) fn build(all: &[Source], env: &PeerEnv) -> Result<Config, ConfigError
     Ok(Config {
         server: server.unwrap_or_default(),
         store: store.unwrap_or_default(),
+        leases,
         rules: Arc::new(rules),
         llm: Arc::new(llm),
         version: String::new(),
         sources: Vec::new(),
         loaded_at: SystemTime::now(),
     })
+}
+
+/// What the files have given so far; several files make one config.
+#[derive(Default)]
+struct Parts {
+    server: Option<ServerConfig>,
+    store: Option<StoreConfig>,
+    leases: Option<LeasePolicy>,
+    rules: Vec<Rule>,
+    /// Each rule's own `lease`, beside `rules`, resolved once `[leases]`
+    /// is known.
+    rule_leases: Vec<Option<bool>>,
+    llm: LlmConfig,
+    llm_set: bool,
+    /// `file:line` of each model, beside `llm.models`, for cross-checks.
+    model_sources: Vec<String>,
+    /// `[envoy_ratelimit]`, with the index of the file that sets it.
+    peer_view: Option<(usize, PeerView)>,
+    /// Each `[[domain]]`, with the file it is in.
+    domain_views: Vec<(String, Spanned<DomainView>)>,
+    /// The file each TOML rule's domain is first written in.
+    toml_domains: HashMap<String, String>,
+}
+
+impl Parts {
+    /// Reads one file's tables, each on its own (`tree`), and validates
+    /// each; errors are pushed and the rest goes on.
+    fn add_file(&mut self, file_index: usize, src: &Source, errors: &mut Vec<ConfigError>) {
+        let Some(mut doc) = Document::parse(src, errors) else {
+            return;
+        };
+        if let Some(p) = doc.table::<PeerView>(src, "envoy_ratelimit", errors) {
+            if self.peer_view.is_some() {
+                errors.push(src.error(
+                    p.view.span().start,
+                    "envoy_ratelimit",
+                    "[envoy_ratelimit] is set in two files",
+                ));
+            }
+            self.peer_view = Some((file_index, p.view.into_inner()));
+        }
+        for value in doc.array(src, "domain", errors) {
+            if let Some(d) = tree::view::<DomainView>(src, "domain", value, errors) {
+                self.domain_views.push((src.name.to_string(), d.view));
+            }
+        }
+        if let Some(s) = doc.table::<ServerView>(src, "server", errors) {
+            if self.server.is_some() {
+                errors.push(src.error(
+                    s.view.span().start,
+                    "server",
+                    "[server] is set in two files",
+                ));
+            }
+            self.server = Some(server_config(src, s.view.into_inner(), errors));
+        }
+        if let Some(s) = doc.table::<StoreView>(src, "store", errors) {
+            if self.store.is_some() {
+                errors.push(src.error(s.view.span().start, "store", "[store] is set in two files"));
+            }
+            let url_dropped = s.dropped("url");
+            self.store = Some(store_config(src, s.view.into_inner(), url_dropped, errors));
+        }
+        if let Some(l) = doc.table::<LeasesView>(src, "leases", errors) {
+            if self.leases.is_some() {
+                errors.push(src.error(
+                    l.view.span().start,
+                    "leases",
+                    "[leases] is set in two files",
+                ));
+            }
+            self.leases = Some(validate_leases::leases(src, l.view.into_inner(), errors));
+        }
+        for (i, value) in doc.array(src, "rule", errors).into_iter().enumerate() {
+            let before = errors.len();
+            if let Some(r) = tree::view::<RuleView>(src, "rule", value, errors) {
+                let lease = r.view.get_ref().lease;
+                if let Some(rule) = rule(src, i, r.view, before, errors) {
+                    self.toml_domains
+                        .entry(rule.domain.clone())
+                        .or_insert_with(|| src.name.to_string());
+                    self.rules.push(rule);
+                    self.rule_leases.push(lease);
+                }
+            }
+        }
+        if let Some(l) = doc.table::<LlmView>(src, "llm", errors) {
+            if self.llm_set {
+                errors.push(src.error(l.view.span().start, "llm", "[llm] is set in two files"));
+            }
+            self.llm_set = true;
+            self.llm.settings = validate_llm::settings(src, l.view.into_inner(), errors);
+        }
+        for value in doc.array(src, "model", errors) {
+            if let Some(m) = tree::view::<ModelView>(src, "model", value, errors) {
+                let line = src.line_of(m.view.span().start);
+                self.model_sources.push(format!("{}:{line}", src.name));
+                self.llm
+                    .models
+                    .push(validate_llm::model(src, m.view, errors));
+            }
+        }
+        validate_llm::prices(src, &mut doc, &mut self.llm, errors);
+        for value in doc.array(src, "quota", errors) {
+            let before = errors.len();
+            if let Some(q) = tree::view::<QuotaView>(src, "quota", value, errors) {
+                self.llm
+                    .quotas
+                    .extend(validate_llm::quota(src, q.view, before, errors));
+            }
+        }
+        for value in doc.array(src, "class", errors) {
+            if let Some(c) = tree::view::<ClassView>(src, "class", value, errors) {
+                self.llm
+                    .classes
+                    .0
+                    .push(validate_llm::class(src, c.view, errors));
+            }
+        }
+    }
 }
 
 fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> ServerConfig {
@@ -371,6 +423,12 @@ fn rule(
             algorithm_of,
         );
     }
+    // Whose calendar starts the rule's days, weeks, months and years
+    // (`epoch`: envoyproxy/ratelimit's fixed lengths from the epoch).
+    let zone = match &v.time_zone {
+        None => Zone::Utc,
+        Some(z) => validate_llm::time_zone(src, z, &field("time_zone"), errors).unwrap_or_default(),
+    };
     let mut limits = Vec::new();
     let mut push_limit = |lv: &LimitView, offset: usize, errors: &mut Vec<ConfigError>| {
         let Some(period) = Period::parse(&lv.per) else {
@@ -378,7 +436,7 @@ fn rule(
                 offset,
                 field("limit.per"),
                 format!(
-                    "`{}`: expected second, minute, hour or day{}",
+                    "`{}`: expected second, minute, hour, day, week, month or year{}",
                     lv.per,
                     suggest::hint(&lv.per, PERIODS.iter().copied())
                 ),
@@ -397,6 +455,7 @@ fn rule(
             amount: lv.requests,
             period,
             algorithm,
+            zone,
         };
         // `requests = 0` blocks every hit (envoyproxy/ratelimit's
         // `requests_per_unit: 0`); a bucket that never refills cannot.
@@ -540,6 +599,7 @@ fn rule(
         replaces: v.replaces,
         on_error,
         reserve,
+        lease: false,
         source: format!("{}:{}", src.name, src.line_of(at)),
         quota_mode: v.quota_mode,
         metadata,

@@ -5,38 +5,27 @@
 //! the two can never answer a store failure differently.
 
 use super::error::EngineError;
+use super::leases::{Instances, Leases, Local};
 use super::plan::Plan;
 use super::reservation::Reservation;
 use super::Clock;
 use crate::metrics::Metrics;
 use crate::repeated::Repeats;
-use crate::rules::{FailurePolicy, Limit};
+use crate::rules::{Algorithm, FailurePolicy, Limit};
 use crate::store::TakeOutcome;
 use crate::store::{Counter, Hit, HitState, Hold, MemoryStore, SettleOp, Store, StoreError};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What a planned hit belongs to, as far as failures go.
+/// What a planned hit belongs to, as far as the store goes.
 pub trait Owner {
     /// The owner's own `on_error`, if it sets one.
     fn on_error(&self) -> Option<FailurePolicy>;
-}
 
-/// How this instance answers while the store fails.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Fallback {
-    /// For rules and quotas that set no `on_error`.
-    pub policy: FailurePolicy,
-    /// Fraction of each limit a `local` rule enforces in this instance.
-    pub local_share: f64,
-}
-
-impl Default for Fallback {
-    fn default() -> Self {
-        Fallback {
-            policy: FailurePolicy::FailClosed,
-            local_share: 1.0,
-        }
+    /// Whether the hit may be decided from this instance's lease of the
+    /// counter (`leases`).
+    fn leases(&self) -> bool {
+        false
     }
 }
 
@@ -64,10 +53,16 @@ pub struct Counters {
     store: Arc<dyn Store>,
     /// Used for `on_error = "local"` while the store fails.
     local: Arc<MemoryStore>,
-    fallback: Fallback,
+    /// For rules and quotas that set no `on_error`.
+    default_policy: FailurePolicy,
+    /// How many instances share the store: a `local` rule enforces its
+    /// share of the limit in each.
+    instances: Arc<Instances>,
     clock: Clock,
     metrics: Arc<Metrics>,
     store_failing: Arc<Repeats>,
+    /// This instance's slices of shared budgets, when it leases.
+    leases: Option<Arc<Leases>>,
 }
 
 impl Counters {
@@ -75,11 +70,23 @@ impl Counters {
         Counters {
             store,
             local: Arc::new(MemoryStore::new()),
-            fallback: Fallback::default(),
+            default_policy: FailurePolicy::FailClosed,
+            instances: Arc::new(Instances::new("local".into())),
             clock: Clock::System,
             metrics,
             store_failing: Arc::new(Repeats::new(crate::store::LOG_SUMMARY_EVERY)),
+            leases: None,
         }
+    }
+
+    /// The same counters deciding leased hits from `leases`.
+    pub fn with_leases(mut self, leases: Arc<Leases>) -> Counters {
+        self.leases = Some(leases);
+        self
+    }
+
+    pub fn leases(&self) -> Option<&Arc<Leases>> {
+        self.leases.as_ref()
     }
 
     pub fn with_clock(mut self, clock: Clock) -> Counters {
@@ -87,9 +94,21 @@ impl Counters {
         self
     }
 
-    pub fn with_fallback(mut self, fallback: Fallback) -> Counters {
-        self.fallback = fallback;
+    /// The same counters answering store failures by `policy` where a rule
+    /// or quota sets none.
+    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Counters {
+        self.default_policy = policy;
         self
+    }
+
+    /// The same counters, this instance being one of `instances`.
+    pub fn with_instances(mut self, instances: Arc<Instances>) -> Counters {
+        self.instances = instances;
+        self
+    }
+
+    pub fn instances(&self) -> &Arc<Instances> {
+        &self.instances
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -114,7 +133,9 @@ impl Counters {
     }
 
     /// Takes the plan's hits all-or-nothing (with `hold`, if given); when
-    /// the store fails, answers each by its owner's policy.
+    /// the store fails, answers each by its owner's policy. Hits whose
+    /// owner leases are decided from this instance's slices when it holds
+    /// them (a reservation's hold always goes to the store).
     pub async fn take<O: Owner>(
         &self,
         op: &'static str,
@@ -122,6 +143,14 @@ impl Counters {
         hold: Option<&Hold>,
         now: u64,
     ) -> Took {
+        if let (Some(leases), None) = (&self.leases, hold) {
+            if plan
+                .iter()
+                .any(|(h, o)| o.leases() && Leases::leasable(h).is_some())
+            {
+                return self.take_leased(leases, op, plan, now).await;
+            }
+        }
         match self
             .timed(op, self.store.take(plan.hits(), hold, now))
             .await
@@ -156,6 +185,116 @@ impl Counters {
                 }
             }
             Err(e) => self.by_policy(plan, None, e, now).await,
+        }
+    }
+
+    /// Decides leased hits from their slices (asking the store for a slice
+    /// when one runs out) and the rest in one store call; all-or-nothing
+    /// still: a request the store denies gives its slice hits back.
+    async fn take_leased<O: Owner>(
+        &self,
+        leases: &Leases,
+        op: &'static str,
+        plan: &Plan<O>,
+        now: u64,
+    ) -> Took {
+        let mut local: Vec<Option<HitState>> = Vec::with_capacity(plan.hits().len());
+        for (hit, owner) in plan.iter() {
+            let limit = Leases::leasable(hit).filter(|_| owner.leases());
+            let state = match limit {
+                Some(limit) => match self.take_from_slice(leases, hit, limit, now).await {
+                    Ok(state) => state,
+                    Err(e) => {
+                        undo(leases, plan, &local, now);
+                        return self.by_policy(plan, None, e, now).await;
+                    }
+                },
+                None => None,
+            };
+            local.push(state);
+        }
+        let direct: Vec<Hit> = plan
+            .hits()
+            .iter()
+            .zip(&local)
+            .filter(|(_, l)| l.is_none())
+            .map(|(h, _)| h.clone())
+            .collect();
+        self.metrics
+            .leases
+            .decisions(local.len() - direct.len(), direct.len());
+        let mut outcome = TakeOutcome {
+            admitted: true,
+            hits: Vec::new(),
+        };
+        if !direct.is_empty() {
+            match self.timed(op, self.store.take(&direct, None, now)).await {
+                Ok(o) => {
+                    self.recovered();
+                    outcome = o;
+                }
+                Err(e) => {
+                    undo(leases, plan, &local, now);
+                    return self.by_policy(plan, None, e, now).await;
+                }
+            }
+        }
+        if !outcome.admitted {
+            undo(leases, plan, &local, now);
+        }
+        let mut from_store = outcome.hits.into_iter();
+        let hits = local
+            .into_iter()
+            .map(|l| l.or_else(|| from_store.next()).unwrap_or(UNANSWERED))
+            .collect();
+        Took {
+            outcome: TakeOutcome {
+                admitted: outcome.admitted,
+                hits,
+            },
+            by: AnsweredBy::Store,
+        }
+    }
+
+    /// One hit from its slice: `Ok(None)` when the slice cannot hold it and
+    /// the store grants no more (too little left to lease: the store
+    /// decides it).
+    async fn take_from_slice(
+        &self,
+        leases: &Leases,
+        hit: &Hit,
+        limit: Limit,
+        now: u64,
+    ) -> Result<Option<HitState>, StoreError> {
+        // Each turn takes from the slice, or waits for a grant in flight (which
+        // adds capacity or refuses), or asks for one: it ends when the
+        // slice holds the hit or the store grants no more.
+        loop {
+            match leases.take(hit, limit, now) {
+                Local::Taken(state) => return Ok(Some(state)),
+                Local::Store => return Ok(None),
+                Local::Wait(mut rx) => {
+                    let _ = rx.changed().await;
+                }
+                Local::Grant { want, done } => {
+                    let instances = leases.instances().live();
+                    let asked = self.store.grant(hit, want, instances, now);
+                    let granted = self.timed("grant", asked).await;
+                    match granted {
+                        Ok(g) => {
+                            leases.granted(hit, g.amount, g.state, now);
+                            drop(done);
+                            if g.amount == 0 {
+                                return Ok(None);
+                            }
+                        }
+                        Err(e) => {
+                            leases.grant_failed(hit, now);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -259,12 +398,13 @@ impl Counters {
         if let Some(since) = self.store_failing.note() {
             tracing::warn!(error = %error, store = self.store.kind(), unlogged_since_last = since, "store failed; answering by on_error policy (logged at most every 30 s while it lasts)");
         }
-        let policy = |o: &O| o.on_error().unwrap_or(self.fallback.policy);
+        let policy = |o: &O| o.on_error().unwrap_or(self.default_policy);
+        let instances = self.instances.live();
         let local: Vec<Hit> = plan
             .iter()
             .filter(|(_, o)| policy(o) == FailurePolicy::Local)
             .map(|(h, _)| Hit {
-                counter: scaled_down(h.counter, self.fallback.local_share),
+                counter: share_of(h.counter, instances),
                 ..h.clone()
             })
             .collect();
@@ -282,7 +422,7 @@ impl Counters {
                     FailurePolicy::Local => local_states.next(),
                     _ => None,
                 };
-                let state = state.unwrap_or_else(|| policy_state(hit, policy));
+                let state = state.unwrap_or_else(|| policy_state(hit, policy, now));
                 if state.over && hit.enforce {
                     admitted = false;
                 }
@@ -301,27 +441,49 @@ impl Counters {
     }
 }
 
+/// A state for a hit nobody answered (cannot happen: every hit is decided
+/// from its slice or by the store).
+const UNANSWERED: HitState = HitState {
+    over: true,
+    remaining: 0,
+    reset_after_ms: 0,
+    retry_after_ms: POLICY_RETRY_MS,
+};
+
+/// Gives back the hits a denied (or failed) request took from its slices.
+fn undo<O: Owner>(leases: &Leases, plan: &Plan<O>, local: &[Option<HitState>], now: u64) {
+    for (hit, taken) in plan.hits().iter().zip(local) {
+        if taken.is_some() {
+            leases.undo(hit, now);
+        }
+    }
+}
+
 /// The retry a policy's denial suggests: the breaker probes the store
 /// about this often.
 const POLICY_RETRY_MS: u64 = 1_000;
 
-/// The state `fail_open` or `fail_closed` answers for a hit.
-fn policy_state(hit: &Hit, policy: FailurePolicy) -> HitState {
-    let period = match hit.counter {
+/// The state `fail_open` or `fail_closed` answers for a hit: reset at the
+/// end of its window (a bucket: one period).
+fn policy_state(hit: &Hit, policy: FailurePolicy, now: u64) -> HitState {
+    let reset = match hit.counter {
+        Counter::Rate(l) if l.algorithm == Algorithm::FixedWindow => l.window(now).1 - now,
         Counter::Rate(l) => l.period.millis(),
         Counter::Slots { .. } => 0,
     };
     HitState {
         over: policy != FailurePolicy::FailOpen,
         remaining: 0,
-        reset_after_ms: period,
+        reset_after_ms: reset,
         retry_after_ms: POLICY_RETRY_MS,
     }
 }
 
-/// A counter at `share` of its size (at least 1), for `local` fallback.
-fn scaled_down(counter: Counter, share: f64) -> Counter {
-    let scale = |n: u64| ((n as f64 * share).ceil() as u64).max(1);
+/// One instance's share of a counter, for `local` fallback: its size over
+/// the live instances, rounded down (so the instances together never admit
+/// more than the limit), and at least 1.
+fn share_of(counter: Counter, instances: u64) -> Counter {
+    let scale = |n: u64| (n / instances.max(1)).max(1);
     match counter {
         Counter::Rate(l) => Counter::Rate(Limit {
             amount: scale(l.amount),

@@ -24,8 +24,10 @@ mod budget;
 mod clock;
 mod counters;
 mod error;
+mod leases;
 mod plan;
 mod ratelimit;
+mod registry;
 mod reservation;
 
 pub use admission::{
@@ -37,15 +39,17 @@ pub use budget::{
     WaitFor, WaitLines, Waited, Woken,
 };
 pub use clock::Clock;
-pub use counters::{AnsweredBy, Counters, Fallback, Owner, Took};
+pub use counters::{AnsweredBy, Counters, Owner, Took};
 pub use error::{EngineError, RecordError};
+pub use leases::{return_unused, Instances, Leases, Local, Return};
 pub use plan::Plan;
 pub use ratelimit::{
     Check, Code, Decision, Descriptor, DescriptorResult, MatchedLimit, RateLimiter, DONE_KEY,
     DONE_VALUE, RLS_RESERVATION_TTL_MS,
 };
+pub use registry::keep_registered;
 pub use reservation::{
-    token_cost, CountRecord, LimitRecord, Reservation, SettlePlan, Settlement, Taken, TakenKind,
+    metered_cost, CountRecord, LimitRecord, Reservation, SettlePlan, Settlement, Taken, TakenKind,
 };
 
 use crate::metrics::Metrics;
@@ -85,14 +89,10 @@ impl Engine {
         Engine::from_counters(self.counters().clone().with_clock(clock))
     }
 
-    /// The same engine answering store failures by `policy`, with `local`
-    /// rules at `local_share` of their limits.
-    pub fn with_failure_policy(self, policy: FailurePolicy, local_share: f64) -> Engine {
-        let fallback = Fallback {
-            policy,
-            local_share,
-        };
-        Engine::from_counters(self.counters().clone().with_fallback(fallback))
+    /// The same engine answering store failures by `policy` where a rule
+    /// or quota sets none.
+    pub fn with_failure_policy(self, policy: FailurePolicy) -> Engine {
+        Engine::from_counters(self.counters().clone().with_failure_policy(policy))
     }
 
     pub fn counters(&self) -> &Counters {

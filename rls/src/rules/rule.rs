@@ -180,6 +180,9 @@ pub struct Rule {
     /// request. Its value is not part of the counter's identity; it keys
     /// the reservation that the stream-done call settles.
     pub reserve: Option<String>,
+    /// Decided from this instance's lease of the shared counters
+    /// (`[leases]`), with the rule's own `lease` or the default resolved.
+    pub lease: bool,
     /// `file:line` of the rule, for logs and `/config`.
     pub source: String,
     /// envoyproxy/ratelimit's `quota_mode`: this descriptor over its limit
@@ -236,6 +239,7 @@ impl Rule {
             replaces: vec![],
             on_error: None,
             reserve: None,
+            lease: false,
             source: "request".into(),
             quota_mode: false,
             metadata: None,

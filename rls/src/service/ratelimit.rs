@@ -3,7 +3,7 @@
 
 use crate::app::App;
 use crate::engine::{Check, Code, Decision, Descriptor, DescriptorResult};
-use crate::rules::{Algorithm, DomainMode, Limit, Period};
+use crate::rules::{Algorithm, DomainMode, Limit, Period, Zone};
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
@@ -120,6 +120,8 @@ fn descriptor(i: usize, d: RateLimitDescriptor) -> Result<Descriptor, String> {
             period: override_period(o.unit)
                 .ok_or_else(|| format!("descriptor {i} has a limit with no known unit"))?,
             algorithm: Algorithm::FixedWindow,
+            // envoyproxy/ratelimit's windows: a WEEK is 7 days from the epoch.
+            zone: Zone::Epoch,
         }),
     };
     Ok(Descriptor {

@@ -46,8 +46,10 @@ pub fn key_suffix(limit: &Limit, now_ms: u64) -> Option<u64> {
     }
 }
 
+/// The start of the fixed window holding `now_ms` (epoch-aligned, or a
+/// calendar day, week, month or year in the limit's zone).
 pub fn window_start(limit: &Limit, now_ms: u64) -> u64 {
-    now_ms - now_ms % limit.period.millis()
+    limit.window(now_ms).0
 }
 
 /// Applies `cost` to the counter (or only checks it, when `take` is false)
@@ -123,6 +125,53 @@ pub fn refund(limit: &Limit, cell: Option<&Cell>, cost: u64, now_ms: u64) -> Opt
     Some(give_back(limit, cell, cost, now_ms))
 }
 
+/// A slice for one instance's lease: up to `want` of what the counter has
+/// left, in whole multiples of `unit` (one request's cost), and at most the
+/// instance's fair share, `floor(remaining / unit / instances)` units. The
+/// slice is taken from the counter now, so nothing is granted twice; a
+/// grant of 0 means too little is left to lease (decide in the store).
+pub fn grant(
+    limit: &Limit,
+    cell: Option<&Cell>,
+    unit: u64,
+    want: u64,
+    instances: u64,
+    now_ms: u64,
+) -> Granted {
+    let unit = unit.max(1);
+    let fair = |remaining: u64| {
+        let units = (want / unit).min(remaining / unit / instances.max(1));
+        units * unit
+    };
+    match limit.algorithm {
+        Algorithm::FixedWindow => {
+            let count = window_count(cell);
+            let slice = fair(limit.amount.saturating_sub(count));
+            Granted {
+                amount: slice,
+                outcome: window_outcome(limit, count + slice, slice == 0, now_ms),
+            }
+        }
+        Algorithm::TokenBucket => {
+            let (level, tick) = refill(limit, cell, now_ms);
+            let whole = (level.max(0) as u64) / limit.period.ticks();
+            let slice = fair(whole);
+            let level = level - scaled(limit, slice);
+            Granted {
+                amount: slice,
+                outcome: bucket_outcome(limit, level, tick, slice == 0, 0, now_ms),
+            }
+        }
+    }
+}
+
+/// What [`grant`] gave, and the counter after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub amount: u64,
+    pub outcome: Outcome,
+}
+
 /// Checks (and, when `take`, takes) `cost` slots of `max` for `holder`
 /// until `deadline_ms`. Holders past their deadline are dropped first.
 pub fn slots_hit(
@@ -163,7 +212,8 @@ pub fn release(max: u64, cell: Option<&Cell>, holder: &str, now_ms: u64) -> Outc
 pub const SLOT_RETRY_MS: u64 = 1_000;
 
 fn slots_outcome(max: u64, holders: BTreeMap<String, u64>, over: bool, now_ms: u64) -> Outcome {
-    let last = holders.values().copied().max().unwrap_or(now_ms + 1);
+    // No holder left: the cell may go at once (the `max(1)` below).
+    let last = holders.values().copied().max().unwrap_or(now_ms);
     let remaining = max.saturating_sub(holders.len() as u64);
     Outcome {
         ttl_ms: last.saturating_sub(now_ms).max(1),
@@ -192,7 +242,7 @@ fn window_hit(limit: &Limit, cell: Option<&Cell>, cost: u64, take: bool, now_ms:
 }
 
 fn window_outcome(limit: &Limit, count: u64, over: bool, now_ms: u64) -> Outcome {
-    let end = window_start(limit, now_ms) + limit.period.millis();
+    let end = limit.window(now_ms).1;
     let reset = end - now_ms;
     Outcome {
         cell: Cell::Window { count },
@@ -216,17 +266,19 @@ fn scaled(limit: &Limit, cost: u64) -> i64 {
 }
 
 /// Level and tick after refilling up to now. An absent bucket is full; a
-/// clock that went backwards refills nothing.
+/// clock that went backwards refills nothing and keeps the later tick. The
+/// level is held to this limit's capacity even when no tick has passed:
+/// the key does not name the amount, so a bucket left by a larger limit (a
+/// reload lowered it) would otherwise give more than the new limit.
 fn refill(limit: &Limit, cell: Option<&Cell>, now_ms: u64) -> (i64, u64) {
     let now_tick = now_ms / limit.period.tick_millis();
     let cap = capacity(limit);
     match cell {
-        Some(Cell::Bucket { level, tick }) if *tick < now_tick => {
-            let gained = (now_tick - *tick).saturating_mul(limit.amount);
+        Some(Cell::Bucket { level, tick }) => {
+            let gained = now_tick.saturating_sub(*tick).saturating_mul(limit.amount);
             let gained = i64::try_from(gained).unwrap_or(i64::MAX);
-            (level.saturating_add(gained).min(cap), now_tick)
+            (level.saturating_add(gained).min(cap), now_tick.max(*tick))
         }
-        Some(Cell::Bucket { level, tick }) => (*level, *tick),
         _ => (cap, now_tick),
     }
 }
@@ -260,11 +312,8 @@ fn bucket_outcome(
 ) -> Outcome {
     let cap = capacity(limit);
     let to_full = time_to_level(limit, level, cap, tick, now_ms);
-    let retry = if need > cap {
-        to_full
-    } else {
-        time_to_level(limit, level, need, tick, now_ms)
-    };
+    // A cost above the whole capacity never fits: retry when full.
+    let retry = time_to_level(limit, level, need.min(cap), tick, now_ms);
     Outcome {
         cell: Cell::Bucket { level, tick },
         // A bucket that is full again is the same as no bucket at all.
@@ -289,6 +338,7 @@ mod tests {
             amount,
             period,
             algorithm,
+            zone: crate::rules::Zone::Utc,
         }
     }
 
@@ -411,6 +461,352 @@ mod tests {
         let b = limit(5, Period::Minute, Algorithm::TokenBucket);
         let o = give_back(&b, None, 5, 0);
         assert_eq!(o.state.remaining, 5, "never above full");
+    }
+
+    // Boundary rules, one test each. Times are whole hours (a minute and a
+    // second boundary too) unless a test says otherwise.
+    const H: u64 = 1_800_000_000_000;
+
+    fn window(count: u64) -> Cell {
+        Cell::Window { count }
+    }
+
+    fn bucket(level: i64, tick: u64) -> Cell {
+        Cell::Bucket { level, tick }
+    }
+
+    fn slots(holders: &[(&str, u64)]) -> Cell {
+        Cell::Slots(holders.iter().map(|&(h, d)| (h.to_string(), d)).collect())
+    }
+
+    #[test]
+    fn a_window_admits_the_hit_that_reaches_its_limit_and_not_one_unit_more() {
+        let l = limit(10, Period::Minute, Algorithm::FixedWindow);
+        let exact = hit(&l, Some(&window(7)), 3, true, H);
+        assert!(!exact.state.over, "7 + 3 = 10 is within a limit of 10");
+        assert_eq!(exact.cell, window(10));
+        assert_eq!(exact.state.remaining, 0);
+        let over = hit(&l, Some(&window(7)), 4, true, H);
+        assert!(over.state.over, "7 + 4 = 11 passes a limit of 10");
+        assert_eq!(over.cell, window(7), "a denied hit takes nothing");
+        assert_eq!(over.state.remaining, 3);
+        let full = window(10);
+        assert!(
+            !hit(&l, Some(&full), 0, true, H).state.over,
+            "a check of a full window fits"
+        );
+        assert!(hit(&l, Some(&full), 1, true, H).state.over);
+    }
+
+    #[test]
+    fn a_window_check_takes_nothing_even_when_it_fits() {
+        let l = limit(10, Period::Minute, Algorithm::FixedWindow);
+        let o = hit(&l, Some(&window(7)), 3, false, H);
+        assert!(!o.state.over);
+        assert_eq!(o.cell, window(7));
+        assert_eq!(o.state.remaining, 3);
+        assert!(hit(&l, Some(&window(7)), 4, false, H).state.over);
+    }
+
+    #[test]
+    fn a_window_runs_from_its_first_to_its_last_millisecond() {
+        let l = limit(5, Period::Minute, Algorithm::FixedWindow);
+        let last = H + 59_999;
+        assert_eq!(window_start(&l, H), H);
+        assert_eq!(window_start(&l, last), H);
+        assert_eq!(window_start(&l, last + 1), H + 60_000);
+        assert_eq!(key_suffix(&l, H), Some(H / 1_000));
+        assert_eq!(
+            key_suffix(&l, last),
+            Some(H / 1_000),
+            "same window, same key"
+        );
+        assert_eq!(key_suffix(&l, last + 1), Some(H / 1_000 + 60));
+        let first = hit(&l, None, 1, true, H);
+        assert_eq!(
+            first.state.reset_after_ms, 60_000,
+            "the whole window is ahead"
+        );
+        assert_eq!(first.ttl_ms, 60_000);
+        let end = hit(&l, Some(&first.cell), 5, true, last);
+        assert!(end.state.over);
+        assert_eq!(end.state.reset_after_ms, 1, "one millisecond left");
+        assert_eq!(end.state.retry_after_ms, 1);
+        assert_eq!(end.ttl_ms, 1);
+        // Windows are aligned to the epoch, not to the hour: H is 8 h into
+        // its UTC day.
+        let day = limit(5, Period::Day, Algorithm::FixedWindow);
+        assert_eq!(window_start(&day, H), H - 28_800_000);
+        assert_eq!(hit(&day, None, 1, true, H).state.reset_after_ms, 57_600_000);
+        assert_eq!(
+            key_suffix(&limit(5, Period::Second, Algorithm::TokenBucket), H),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bucket_gives_its_last_token_and_not_one_more() {
+        // 10 per second: 1 000 ticks of 1 ms, a token is 1 000 scaled units.
+        let l = limit(10, Period::Second, Algorithm::TokenBucket);
+        let t = H; // tick = H
+        let all = hit(&l, None, 10, true, H);
+        assert!(!all.state.over, "a full bucket gives its whole capacity");
+        assert_eq!(all.cell, bucket(0, t));
+        assert_eq!(all.state.remaining, 0);
+        let three = bucket(3_000, t);
+        let last = hit(&l, Some(&three), 3, true, H);
+        assert!(!last.state.over, "3 tokens left, 3 asked");
+        assert_eq!(last.cell, bucket(0, t));
+        let more = hit(&l, Some(&three), 4, true, H);
+        assert!(more.state.over);
+        assert_eq!(more.cell, three, "a denied hit takes nothing");
+        assert_eq!(more.state.remaining, 3);
+        assert_eq!(
+            more.state.retry_after_ms, 100,
+            "one token is 100 ms of refill"
+        );
+        let check = hit(&l, Some(&three), 3, false, H);
+        assert!(!check.state.over);
+        assert_eq!(check.cell, three, "a check takes nothing");
+    }
+
+    #[test]
+    fn a_bucket_refills_at_the_tick_not_a_millisecond_before() {
+        // 3 600 per hour: one token per 1 s tick.
+        let l = limit(3_600, Period::Hour, Algorithm::TokenBucket);
+        let t = H / 1_000;
+        let empty = bucket(0, t);
+        let before = hit(&l, Some(&empty), 1, true, H + 999);
+        assert!(before.state.over, "the next tick starts at H + 1 000");
+        assert_eq!(before.state.retry_after_ms, 1);
+        assert_eq!(before.cell, empty);
+        let at = hit(&l, Some(&empty), 1, true, H + 1_000);
+        assert!(!at.state.over, "one tick, one token");
+        assert_eq!(at.cell, bucket(0, t + 1));
+        let two = hit(&l, Some(&empty), 0, true, H + 2_500);
+        assert_eq!(
+            two.cell,
+            bucket(7_200, t + 2),
+            "two whole ticks, two tokens"
+        );
+        assert_eq!(two.state.remaining, 2);
+    }
+
+    #[test]
+    fn a_bucket_never_refills_past_full() {
+        let l = limit(3_600, Period::Hour, Algorithm::TokenBucket);
+        let t = H / 1_000;
+        let cap = 3_600 * 3_600;
+        let o = hit(&l, Some(&bucket(cap - 1, t)), 0, true, H + 1_000);
+        assert_eq!(o.cell, bucket(cap, t + 1));
+        assert_eq!(o.state.remaining, 3_600);
+        assert_eq!(o.state.reset_after_ms, 0, "full: nothing to wait for");
+        assert_eq!(o.ttl_ms, 1, "a full bucket is the same as no bucket");
+        let long = hit(&l, Some(&bucket(0, t)), 0, true, H + 86_400_000);
+        assert_eq!(long.cell, bucket(cap, t + 86_400));
+    }
+
+    #[test]
+    fn a_bucket_is_never_above_a_capacity_that_a_reload_lowered() {
+        // The bucket was left by a limit of 1 000 per hour (the key does not
+        // name the amount); the limit is now 100. Even in the same tick it
+        // holds at most 100.
+        let l = limit(100, Period::Hour, Algorithm::TokenBucket);
+        let t = H / 1_000;
+        let left = bucket(990 * 3_600, t);
+        let o = hit(&l, Some(&left), 0, true, H);
+        assert_eq!(o.state.remaining, 100);
+        assert!(hit(&l, Some(&left), 101, true, H).state.over);
+        let all = hit(&l, Some(&left), 100, true, H);
+        assert!(!all.state.over);
+        assert_eq!(all.cell, bucket(0, t));
+    }
+
+    #[test]
+    fn a_bucket_refills_nothing_when_the_clock_goes_back() {
+        let l = limit(3_600, Period::Hour, Algorithm::TokenBucket);
+        let t = H / 1_000;
+        let later = bucket(0, t + 5);
+        let o = hit(&l, Some(&later), 1, true, H);
+        assert!(o.state.over);
+        assert_eq!(o.cell, later, "the later tick is kept");
+        assert_eq!(
+            o.state.retry_after_ms, 6_000,
+            "the token comes a tick after the stored one"
+        );
+    }
+
+    #[test]
+    fn a_bucket_reports_whole_tokens_and_no_debt() {
+        let l = limit(10, Period::Second, Algorithm::TokenBucket);
+        let o = hit(&l, Some(&bucket(2_999, H)), 0, true, H);
+        assert_eq!(o.state.remaining, 2, "2.999 tokens are 2 whole ones");
+        let debt = hit(&l, Some(&bucket(-5_000, H)), 0, true, H);
+        assert_eq!(debt.state.remaining, 0);
+        assert_eq!(
+            debt.state.reset_after_ms, 1_500,
+            "5 of debt, then 10 to fill"
+        );
+    }
+
+    #[test]
+    fn a_bucket_retry_is_when_the_cost_fits_and_reset_when_it_is_full() {
+        // 60 per minute: one token per second, 60 scaled units per 1 ms tick.
+        let l = limit(60, Period::Minute, Algorithm::TokenBucket);
+        let empty = bucket(0, H);
+        let o = hit(&l, Some(&empty), 5, true, H);
+        assert_eq!(o.state.retry_after_ms, 5_000);
+        assert_eq!(o.state.reset_after_ms, 60_000);
+        assert_eq!(o.ttl_ms, 60_000);
+        let whole = hit(&l, Some(&empty), 60, true, H);
+        assert_eq!(
+            whole.state.retry_after_ms, 60_000,
+            "the whole capacity: when full"
+        );
+        let beyond = hit(&l, Some(&empty), 61, true, H);
+        assert!(beyond.state.over);
+        assert_eq!(
+            beyond.state.retry_after_ms, 60_000,
+            "more than the capacity never fits: retry when full"
+        );
+        let half = hit(&l, Some(&bucket(30 * 60_000, H)), 0, true, H);
+        assert_eq!(half.state.reset_after_ms, 30_000);
+        assert_eq!(half.state.retry_after_ms, 0, "a check fits at once");
+        // A long tick: the time is counted from the stored tick, not from now.
+        let hour = limit(3_600, Period::Hour, Algorithm::TokenBucket);
+        let o = hit(&hour, Some(&bucket(0, H / 1_000)), 1, true, H + 400);
+        assert_eq!(o.state.retry_after_ms, 600);
+        assert_eq!(o.state.reset_after_ms, 3_600_000 - 400);
+    }
+
+    #[test]
+    fn the_last_slot_is_taken_and_one_more_is_denied() {
+        let two = slots(&[("a", H + 10), ("b", H + 10)]);
+        let o = slots_hit(3, Some(&two), 1, true, "c", H + 20, H);
+        assert!(!o.state.over, "2 held + 1 = 3 of 3");
+        assert_eq!(
+            o.cell,
+            slots(&[("a", H + 10), ("b", H + 10), ("c", H + 20)])
+        );
+        assert_eq!(o.state.remaining, 0);
+        assert_eq!(o.state.retry_after_ms, 0);
+        let denied = slots_hit(3, Some(&o.cell), 1, true, "d", H + 20, H);
+        assert!(denied.state.over);
+        assert_eq!(denied.cell, o.cell, "a denied hit holds nothing");
+        assert_eq!(denied.state.remaining, 0);
+        assert_eq!(denied.state.retry_after_ms, SLOT_RETRY_MS);
+        assert_eq!(denied.state.reset_after_ms, 0, "slots have no window");
+        let check = slots_hit(3, Some(&o.cell), 0, true, "", H, H);
+        assert!(!check.state.over, "a check of full slots fits");
+    }
+
+    #[test]
+    fn a_check_holds_no_slot() {
+        let o = slots_hit(2, Some(&slots(&[("a", H + 10)])), 0, true, "x", H + 10, H);
+        assert!(!o.state.over);
+        assert_eq!(o.cell, slots(&[("a", H + 10)]));
+        assert_eq!(o.state.remaining, 1);
+        let asked = slots_hit(2, Some(&slots(&[("a", H + 10)])), 1, false, "x", H + 10, H);
+        assert_eq!(
+            asked.cell,
+            slots(&[("a", H + 10)]),
+            "take = false holds nothing"
+        );
+    }
+
+    #[test]
+    fn a_holder_counts_until_its_deadline_and_not_at_it() {
+        let held = slots(&[("a", H + 1), ("b", H)]);
+        let o = slots_hit(2, Some(&held), 0, true, "", H, H);
+        assert_eq!(o.cell, slots(&[("a", H + 1)]), "b's deadline is now: gone");
+        assert_eq!(o.state.remaining, 1);
+        let r = release(2, Some(&held), "c", H);
+        assert_eq!(
+            r.cell,
+            slots(&[("a", H + 1)]),
+            "a release drops the expired too"
+        );
+        assert_eq!(r.state.remaining, 1);
+        let a_ends = slots_hit(1, Some(&held), 1, true, "c", H + 5, H + 1);
+        assert!(!a_ends.state.over, "at a's deadline its slot is free");
+    }
+
+    #[test]
+    fn a_release_frees_its_holder_only_and_once() {
+        let held = slots(&[("a", H + 10), ("b", H + 10)]);
+        let r = release(3, Some(&held), "a", H);
+        assert_eq!(r.cell, slots(&[("b", H + 10)]));
+        assert_eq!(r.state.remaining, 2);
+        assert!(!r.state.over);
+        assert_eq!(release(3, Some(&r.cell), "a", H).cell, r.cell);
+        assert_eq!(release(3, None, "a", H).state.remaining, 3);
+    }
+
+    #[test]
+    fn slots_are_kept_until_their_last_deadline() {
+        let o = slots_hit(
+            3,
+            Some(&slots(&[("a", H + 500)])),
+            1,
+            true,
+            "b",
+            H + 2_000,
+            H,
+        );
+        assert_eq!(o.ttl_ms, 2_000);
+        let none = release(3, Some(&slots(&[("a", H + 500)])), "a", H);
+        assert_eq!(none.ttl_ms, 1, "nothing held: the cell may go at once");
+        assert_eq!(none.cell, slots(&[]));
+    }
+
+    #[test]
+    fn giving_back_stops_at_empty_for_a_window_and_at_full_for_a_bucket() {
+        let w = limit(10, Period::Minute, Algorithm::FixedWindow);
+        let o = give_back(&w, Some(&window(5)), 2, H);
+        assert_eq!(o.cell, window(3));
+        assert_eq!(o.state.remaining, 7);
+        assert!(!o.state.over);
+        assert_eq!(give_back(&w, Some(&window(5)), 9, H).cell, window(0));
+        let b = limit(10, Period::Second, Algorithm::TokenBucket);
+        let o = give_back(&b, Some(&bucket(8_000, H)), 2, H);
+        assert_eq!(o.cell, bucket(10_000, H), "exactly full");
+        assert_eq!(o.state.remaining, 10);
+        assert_eq!(o.state.retry_after_ms, 0);
+        assert_eq!(
+            give_back(&b, Some(&bucket(8_000, H)), 3, H).cell,
+            bucket(10_000, H)
+        );
+        let partial = give_back(&b, Some(&bucket(1_000, H)), 2, H);
+        assert_eq!(partial.cell, bucket(3_000, H));
+        assert_eq!(partial.state.reset_after_ms, 700);
+    }
+
+    #[test]
+    fn a_charge_passes_the_limit_and_a_bucket_pays_its_debt_first() {
+        let w = limit(10, Period::Minute, Algorithm::FixedWindow);
+        let o = charge(&w, Some(&window(9)), 3, H);
+        assert_eq!(o.cell, window(12));
+        assert!(!o.state.over, "a charge is never denied");
+        assert_eq!(o.state.remaining, 0);
+        let b = limit(60, Period::Minute, Algorithm::TokenBucket);
+        let o = charge(&b, Some(&bucket(0, H)), 1, H);
+        assert_eq!(o.cell, bucket(-60_000, H));
+        assert!(!o.state.over);
+        assert_eq!(o.state.remaining, 0);
+        assert_eq!(o.state.retry_after_ms, 1_000, "until the debt is paid");
+        assert_eq!(o.state.reset_after_ms, 61_000);
+    }
+
+    #[test]
+    fn a_refund_needs_the_counter_it_was_taken_from() {
+        let w = limit(10, Period::Minute, Algorithm::FixedWindow);
+        assert_eq!(refund(&w, None, 3, H), None, "the window ended");
+        let o = refund(&w, Some(&window(5)), 3, H).expect("the window is live");
+        assert_eq!(o.cell, window(2));
+        let b = limit(10, Period::Second, Algorithm::TokenBucket);
+        assert_eq!(refund(&b, None, 3, H), None, "an absent bucket is full");
+        let o = refund(&b, Some(&bucket(0, H)), 3, H).expect("the bucket is live");
+        assert_eq!(o.cell, bucket(3_000, H));
     }
 
     fn any_limit() -> impl Strategy<Value = Limit> {

@@ -22,7 +22,7 @@
 //!   [`CHANGE_LINES`] lines of changes per interval, then one line with the
 //!   count of the changes it did not log and the state it is in.
 
-use super::{Hit, HitState, Hold, SettleOp, Store, StoreError, TakeOutcome};
+use super::{Grant, Hit, HitState, Hold, SettleOp, Store, StoreError, TakeOutcome};
 use crate::repeated::{LineBudget, Repeats};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -331,6 +331,31 @@ impl Store for Breaker {
 
     async fn record(&self, record_key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.call(self.inner.record(record_key, now_ms)).await
+    }
+
+    async fn grant(
+        &self,
+        hit: &Hit,
+        want: u64,
+        instances: u64,
+        now_ms: u64,
+    ) -> Result<Grant, StoreError> {
+        self.call(self.inner.grant(hit, want, instances, now_ms))
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        evict_after_ms: u64,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.call(self.inner.heartbeat(instance, evict_after_ms, now_ms))
+            .await
+    }
+
+    async fn leave(&self, instance: &str) -> Result<(), StoreError> {
+        self.call(self.inner.leave(instance)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

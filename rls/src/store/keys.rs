@@ -5,10 +5,13 @@
 //! | rule counter                | `tg:{<rule id>}:<period><w\|b>:<v1>:…:<vn>[:<window s>]`    |
 //! | quota token counter         | `tg:{<quota id>}:t<period><w\|b>:<values>[:<window s>]`     |
 //! | quota request counter       | `tg:{<quota id>}:r<period><w\|b>:<values>[:<window s>]`     |
+//! | quota spend counter         | `tg:{<quota id>}:s<period><w\|b>:<values>[:<window s>]`     |
 //! | quota concurrency slots     | `tg:{<quota id>}:c:<values>`                               |
 //! | a class's share of any one  | `<that counter's key without window>:class=<class>[:<window s>]` |
 //! | ext_proc reservation record | `tg:{<first quota id>}:res:<reservation id>`               |
 //! | RLS reservation record      | `tg:{<rule id>}:rres:<request id>`                         |
+//! | the instance registry       | `tg:{registry}:instances` (a hash: instance id → last beat)  |
+//! | the health probe            | `tg:probe:<instance>:<second>` (written by `redis`'s ping)   |
 //!
 //! `w` is a fixed window (its start, in Unix seconds, ends the key, so a
 //! new window starts from an absent key and an old one expires by itself),
@@ -25,12 +28,15 @@
 //! the number of `:`-separated segments after the tag is fixed by the rule
 //! or quota: a value can never pose as a separator, a window or a class
 //! suffix. The segment after the tag names the kind (`res`, `rres`, `c`,
-//! `t…`, `r…`, or a bare period for rules), and rule and quota ids are
+//! `t…`, `r…`, `s…`, or a bare period for rules), and rule and quota ids are
 //! hashes of different inputs (`quota:` + name for quotas).
 
 use super::arith;
 use super::Counter;
 use crate::rules::{Algorithm, Limit, RuleId};
+
+/// The registry of instances sharing a Redis (`lua/registry.lua`).
+pub const REGISTRY: &str = "tg:{registry}:instances";
 
 /// Every key starts with this, so tollgate's keys are easy to tell apart
 /// in a shared Redis.
@@ -41,6 +47,7 @@ const PREFIX: &str = "tg:{";
 pub enum QuotaCounter<'a> {
     Tokens(&'a Limit),
     Requests(&'a Limit),
+    Spend(&'a Limit),
     Concurrent,
 }
 
@@ -79,11 +86,11 @@ pub fn quota_values<'v>(values: impl Iterator<Item = Option<&'v str>>) -> String
 pub fn quota_counter(quota: &RuleId, counter: QuotaCounter<'_>, values: &str) -> String {
     let mut key = tagged(quota, 16 + values.len());
     match counter {
-        QuotaCounter::Tokens(l) | QuotaCounter::Requests(l) => {
-            key.push(if matches!(counter, QuotaCounter::Tokens(_)) {
-                't'
-            } else {
-                'r'
+        QuotaCounter::Tokens(l) | QuotaCounter::Requests(l) | QuotaCounter::Spend(l) => {
+            key.push(match counter {
+                QuotaCounter::Tokens(_) => 't',
+                QuotaCounter::Spend(_) => 's',
+                _ => 'r',
             });
             key.push_str(l.period.as_str());
             key.push(algorithm_letter(l));
@@ -205,6 +212,7 @@ mod tests {
             amount: 10,
             period,
             algorithm,
+            zone: crate::rules::Zone::Utc,
         }
     }
 
@@ -220,6 +228,9 @@ mod tests {
         assert_eq!(values, "acme:");
         let t = quota_counter(&quota, QuotaCounter::Tokens(&day_bucket), &values);
         assert_eq!(t, format!("tg:{{{quota}}}:tdayb:acme:"));
+        let month = limit(Period::Month, Algorithm::FixedWindow);
+        let s = quota_counter(&quota, QuotaCounter::Spend(&month), &values);
+        assert_eq!(s, format!("tg:{{{quota}}}:smonthw:acme:"));
         let c = quota_counter(&quota, QuotaCounter::Concurrent, "acme");
         assert_eq!(c, format!("tg:{{{quota}}}:c:acme"));
         assert_eq!(class_share(&c, "a:b"), format!("{c}:class=a%3Ab"));
@@ -261,7 +272,16 @@ mod tests {
             let share = class_share(&base, class);
             keys.push((counter_key(&share, counter, now), Some(class.to_string())));
         };
-        for period in [Period::Second, Period::Minute, Period::Hour, Period::Day] {
+        let periods = [
+            Period::Second,
+            Period::Minute,
+            Period::Hour,
+            Period::Day,
+            Period::Week,
+            Period::Month,
+            Period::Year,
+        ];
+        for period in periods {
             for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
                 let l = limit(period, algorithm);
                 let counter = Counter::Rate(l);
@@ -275,6 +295,10 @@ mod tests {
                 );
                 both(
                     quota_counter(id, QuotaCounter::Requests(&l), &joined),
+                    &counter,
+                );
+                both(
+                    quota_counter(id, QuotaCounter::Spend(&l), &joined),
                     &counter,
                 );
             }

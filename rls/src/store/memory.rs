@@ -7,7 +7,7 @@
 //! cheaper than an async one (as mini-redis's `db.rs` explains).
 
 use super::arith::{self, Cell, HitState};
-use super::{counter_key, Counter, Hit, Hold, SettleOp, Store, StoreError, TakeOutcome};
+use super::{counter_key, Counter, Grant, Hit, Hold, SettleOp, Store, StoreError, TakeOutcome};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -289,6 +289,33 @@ impl Store for MemoryStore {
         }
         locked.commit();
         Ok(true)
+    }
+
+    async fn grant(
+        &self,
+        hit: &Hit,
+        want: u64,
+        instances: u64,
+        now_ms: u64,
+    ) -> Result<Grant, StoreError> {
+        let Counter::Rate(limit) = hit.counter else {
+            return Err(StoreError::Protocol(
+                "concurrency slots are not leased".into(),
+            ));
+        };
+        let key = self.key(counter_key(&hit.key, &hit.counter, now_ms));
+        let mut locked = self.lock(std::iter::once(key.shard), now_ms);
+        let cell = locked.get(&key);
+        let g = arith::grant(&limit, cell.as_ref(), hit.cost, want, instances, now_ms);
+        // As lease.lua: nothing is written when nothing is granted.
+        if g.amount > 0 {
+            locked.put(key, g.outcome.cell, g.outcome.ttl_ms);
+            locked.commit();
+        }
+        Ok(Grant {
+            amount: g.amount,
+            state: g.outcome.state,
+        })
     }
 
     async fn record(&self, record_key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {

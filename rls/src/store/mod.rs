@@ -79,6 +79,15 @@ pub enum SettleOp {
     Release { key: String, max: u64 },
 }
 
+/// A slice of a counter granted to this instance's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Taken from the counter for the lease; 0 when too little is left.
+    pub amount: u64,
+    /// The counter after the grant.
+    pub state: HitState,
+}
+
 /// The answer to a batch of hits taken all-or-nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TakeOutcome {
@@ -127,6 +136,40 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a reservation record, for a settle that arrives at another
     /// instance than the one that reserved.
     async fn record(&self, record_key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Takes a slice of a rate counter for this instance's lease
+    /// (`arith::grant`): up to `want`, in whole multiples of the hit's cost,
+    /// at most its fair share over `instances`. Concurrency slots are never
+    /// leased: asking for them is a protocol error.
+    async fn grant(
+        &self,
+        _hit: &Hit,
+        _want: u64,
+        _instances: u64,
+        _now_ms: u64,
+    ) -> Result<Grant, StoreError> {
+        Err(StoreError::Protocol(format!(
+            "the {} store does not lease",
+            self.kind()
+        )))
+    }
+
+    /// Registers (or refreshes) `instance` among those sharing the store,
+    /// forgets instances silent for longer than `evict_after_ms`, and says
+    /// how many are live. A store nobody shares has one instance: this one.
+    async fn heartbeat(
+        &self,
+        _instance: &str,
+        _evict_after_ms: u64,
+        _now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        Ok(1)
+    }
+
+    /// Removes `instance` from the shared registry (graceful shutdown).
+    async fn leave(&self, _instance: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Checks that the store answers (a shared store's health probe).
     async fn ping(&self) -> Result<(), StoreError> {

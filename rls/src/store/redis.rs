@@ -14,10 +14,11 @@
 //! request still takes nothing. Between the steps another client may see
 //! the earlier slots' counters briefly taken.
 
-use super::arith::{self, HitState};
+use super::arith::HitState;
 use super::redis_errors::classify;
 use super::redis_link::{Backend, Conn, Link};
-use super::{counter_key, Counter, Hit, Hold, SettleOp, Store, StoreError, TakeOutcome};
+use super::TakeOutcome;
+use super::{counter_key, keys, Counter, Grant, Hit, Hold, SettleOp, Store, StoreError};
 use crate::repeated::Repeats;
 use crate::rules::{Algorithm, Limit, Period};
 use async_trait::async_trait;
@@ -36,6 +37,8 @@ pub struct RedisStore {
     connect_timeout: Duration,
     take: Script,
     settle: Script,
+    lease: Script,
+    registry: Script,
     /// The longest any call waits, connection included.
     timeout: Duration,
     /// One client per node for the freed-capacity subscription (see
@@ -66,14 +69,13 @@ fn push_spec(
     now_ms: u64,
 ) {
     let (algorithm, amount, ticks, tick_ms, anchor) = match counter {
+        // A window's length is this window's (a calendar month is 28 to 31
+        // days): the script reads `ticks * tick_ms` as the length.
         Counter::Rate(l) => match l.algorithm {
-            Algorithm::FixedWindow => (
-                0,
-                l.amount,
-                l.period.ticks(),
-                l.period.tick_millis(),
-                arith::window_start(l, now_ms),
-            ),
+            Algorithm::FixedWindow => {
+                let (start, end) = l.window(now_ms);
+                (0, l.amount, 1, end - start, start)
+            }
             Algorithm::TokenBucket => (
                 1,
                 l.amount,
@@ -117,16 +119,18 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let bad = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         // The freed-capacity subscription talks to the same nodes, the same way.
+        // Validation parses every URL as the client does, so a failure here
+        // is unexpected: refuse the store rather than lose the wake-ups.
         let subscribers = urls
             .iter()
-            .filter_map(|u| {
+            .map(|u| {
                 match &tls {
                     Some(certs) => redis::Client::build_with_tls(u.as_str(), certs.clone()),
                     None => redis::Client::open(u.as_str()),
                 }
-                .ok()
+                .map_err(bad)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let backend = if cluster || urls.len() > 1 {
             let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
             if let Some(certs) = tls {
@@ -171,9 +175,39 @@ impl RedisStore {
                 include_str!("../../../lua/common.lua"),
                 include_str!("../../../lua/settle.lua")
             )),
+            lease: Script::new(concat!(
+                include_str!("../../../lua/common.lua"),
+                include_str!("../../../lua/lease.lua")
+            )),
+            registry: Script::new(include_str!("../../../lua/registry.lua")),
             timeout,
             rollback_failures: Repeats::new(super::breaker::LOG_SUMMARY_EVERY),
         })
+    }
+
+    /// The same store under this instance's id (in its freed-capacity
+    /// messages, its health probe's key and the registry).
+    pub fn with_instance(mut self, id: String) -> RedisStore {
+        self.instance = id;
+        self
+    }
+
+    /// One registry.lua call.
+    async fn registry_call(
+        &self,
+        instance: &str,
+        evict_after_ms: u64,
+        now_ms: u64,
+        op: &str,
+    ) -> Result<u64, StoreError> {
+        let mut call = self.registry.prepare_invoke();
+        call.key(keys::REGISTRY)
+            .arg(now_ms)
+            .arg(instance)
+            .arg(evict_after_ms)
+            .arg(op);
+        let live: i64 = self.invoke(&call).await?;
+        Ok(u64::try_from(live).unwrap_or(0))
     }
 
     /// Prepares the store and connects now, failing fast.
@@ -453,6 +487,7 @@ const PROBE_LIMIT: Limit = Limit {
     amount: 1_000_000,
     period: Period::Second,
     algorithm: Algorithm::FixedWindow,
+    zone: crate::rules::Zone::Utc,
 };
 
 /// A state for a hit whose slot was never asked (an earlier one denied).
@@ -582,7 +617,9 @@ impl Store for RedisStore {
     }
 
     async fn announce_freed(&self, keys: &[String]) -> Result<(), StoreError> {
-        let message = super::redis_freed::encode(&self.instance, keys);
+        let message = super::redis_freed::encode(&self.instance, keys).map_err(|e| {
+            StoreError::Protocol(format!("cannot encode a freed-capacity message: {e}"))
+        })?;
         self.within(|mut conn| async move {
             redis::cmd("PUBLISH")
                 .arg(super::redis_freed::CHANNEL)
@@ -600,6 +637,60 @@ impl Store for RedisStore {
             self.instance.clone(),
             self.connect_timeout,
         ))
+    }
+
+    async fn grant(
+        &self,
+        hit: &Hit,
+        want: u64,
+        instances: u64,
+        now_ms: u64,
+    ) -> Result<Grant, StoreError> {
+        if let Counter::Slots { .. } = hit.counter {
+            return Err(StoreError::Protocol(
+                "concurrency slots are not leased".into(),
+            ));
+        }
+        let mut call = self.lease.prepare_invoke();
+        call.key(counter_key(&hit.key, &hit.counter, now_ms))
+            .arg(now_ms)
+            .arg(hit.cost.max(1))
+            .arg(want)
+            .arg(instances);
+        push_spec(&mut call, &hit.counter, 0, "lease", now_ms);
+        let reply: Vec<i64> = self.invoke(&call).await?;
+        let [granted, remaining, reset, retry] = reply[..] else {
+            return Err(StoreError::Protocol(format!(
+                "lease.lua returned {} values, not 4",
+                reply.len()
+            )));
+        };
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Grant {
+            amount: u(granted),
+            state: HitState {
+                over: granted == 0,
+                remaining: u(remaining),
+                reset_after_ms: u(reset),
+                retry_after_ms: u(retry),
+            },
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        evict_after_ms: u64,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.registry_call(instance, evict_after_ms, now_ms, "beat")
+            .await
+    }
+
+    async fn leave(&self, instance: &str) -> Result<(), StoreError> {
+        self.registry_call(instance, u64::MAX / 4, 0, "leave")
+            .await
+            .map(|_| ())
     }
 
     fn is_shared(&self) -> bool {

@@ -27,12 +27,12 @@ struct Message<'a> {
 }
 
 /// The message announcing `keys` from instance `from`.
-pub fn encode(from: &str, keys: &[String]) -> String {
+pub fn encode(from: &str, keys: &[String]) -> Result<String, serde_json::Error> {
     let m = Message {
         from,
         keys: keys.iter().map(|k| k.as_str().into()).collect(),
     };
-    serde_json::to_string(&m).unwrap_or_default()
+    serde_json::to_string(&m)
 }
 
 /// The keys of a message from another instance; `None` for our own
@@ -40,6 +40,11 @@ pub fn encode(from: &str, keys: &[String]) -> String {
 pub fn decode(payload: &[u8], me: &str) -> Option<Vec<String>> {
     let m: Message<'_> = serde_json::from_slice(payload).ok()?;
     (m.from != me).then(|| m.keys.into_iter().map(|k| k.into_owned()).collect())
+}
+
+/// Whether a message is this instance's own (which `decode` skips).
+fn is_own(payload: &[u8], me: &str) -> bool {
+    serde_json::from_slice::<Message<'_>>(payload).is_ok_and(|m| m.from == me)
 }
 
 /// Subscribes (and resubscribes after any failure, trying the clients in
@@ -75,7 +80,11 @@ pub fn subscribe(
                             _ = tx.closed() => return,
                         };
                         let Some(msg) = msg else { break };
-                        if let Some(keys) = decode(msg.get_payload_bytes(), &me) {
+                        let keys = decode(msg.get_payload_bytes(), &me);
+                        if keys.is_none() && !is_own(msg.get_payload_bytes(), &me) {
+                            tracing::debug!("an unreadable message on {CHANNEL}: ignored");
+                        }
+                        if let Some(keys) = keys {
                             // A full queue drops the wake: the heads' own
                             // timers still fire.
                             if tx.try_send(keys).is_err() && tx.is_closed() {
@@ -105,7 +114,7 @@ mod tests {
     #[test]
     fn round_trip_and_own_messages_are_skipped() {
         let keys = vec!["tg:{q}:c:a%3Ab".to_string(), "x\ny \"z\"".to_string()];
-        let m = encode("me", &keys);
+        let m = encode("me", &keys).unwrap();
         assert_eq!(decode(m.as_bytes(), "other"), Some(keys));
         assert_eq!(decode(m.as_bytes(), "me"), None);
         assert_eq!(decode(b"not json", "other"), None);

@@ -468,4 +468,400 @@ mod tests {
         assert_eq!(cap(20, 0.01), 1);
         assert_eq!(cap(5, 1.0), 5);
     }
+
+    // The rules of `adjust`, one per test, then those of the per-budget
+    // bookkeeping around it (`Shares`).
+
+    fn flex(priority: i64, share: f64, ratio: f64, load: f64) -> ClassRatio {
+        ClassRatio {
+            priority,
+            share,
+            ratio,
+            flexible: true,
+            load,
+        }
+    }
+
+    fn fixed(share: f64, load: f64) -> ClassRatio {
+        ClassRatio {
+            flexible: false,
+            ..flex(0, share, share, load)
+        }
+    }
+
+    fn ratios_of(c: &[ClassRatio]) -> Vec<f64> {
+        c.iter().map(|c| c.ratio).collect()
+    }
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_class_at_exactly_the_low_load_does_not_lend() {
+        let t = Tuning::default();
+        let mut c = vec![flex(0, 0.5, 0.5, t.low_load), flex(0, 0.5, 0.5, 0.9)];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_class_at_exactly_the_high_load_does_not_borrow() {
+        let t = Tuning::default();
+        let mut c = vec![flex(0, 0.5, 0.5, 0.0), flex(0, 0.5, 0.5, t.high_load)];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_class_at_the_floor_lends_nothing() {
+        let t = Tuning::default();
+        let mut c = vec![flex(0, 0.5, t.floor, 0.0), flex(0, 0.5, 1.0 - t.floor, 0.9)];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[t.floor, 1.0 - t.floor]);
+    }
+
+    #[test]
+    fn a_donor_near_the_floor_lends_down_to_the_floor_and_no_further() {
+        let t = Tuning::default();
+        // 0.1 - 0.01 = 0.09 is less than a step of 0.2; wholly idle, it
+        // gives all of it.
+        let mut c = vec![flex(0, 0.5, 0.1, 0.0), flex(0, 0.5, 0.9, 0.9)];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.01, 0.99]);
+    }
+
+    #[test]
+    fn receivers_share_what_donors_give_in_proportion_to_their_load() {
+        let t = Tuning::default();
+        // The donor, at a load of 0.25, gives min(0.4 - 0.01, 0.2) × (1 -
+        // 0.25) = 0.15; receivers at loads 0.8 and 1.6 take a third and two
+        // thirds of it.
+        let mut c = vec![
+            flex(0, 0.4, 0.4, 0.25),
+            flex(0, 0.3, 0.3, 0.8),
+            flex(0, 0.3, 0.3, 1.6),
+        ];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.25, 0.35, 0.4]);
+    }
+
+    #[test]
+    fn fixed_classes_neither_lend_nor_borrow_nor_are_taken_from() {
+        let t = Tuning::default();
+        // An idle fixed class and a busy fixed class, beside an idle and a
+        // busy flexible one: only the flexible ones move.
+        let mut c = vec![
+            fixed(0.3, 0.0),
+            fixed(0.2, 0.95),
+            flex(0, 0.25, 0.25, 0.0),
+            flex(0, 0.25, 0.25, 0.9),
+        ];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.3, 0.2, 0.05, 0.45]);
+        // A busy high class below its share does not take from a lower
+        // fixed class, even one whose ratio sits above its share.
+        let mut c = vec![
+            flex(10, 0.5, 0.3, 0.9),
+            ClassRatio {
+                priority: 1,
+                ..fixed(0.2, 0.5)
+            },
+            flex(1, 0.3, 0.7, 0.5),
+        ];
+        c[1].ratio = 0.4;
+        c[2].ratio = 0.3;
+        adjust(&mut c, &t);
+        assert!((c[1].ratio - 0.4).abs() < 1e-9, "{c:?}");
+    }
+
+    #[test]
+    fn a_class_takes_back_only_up_to_its_share() {
+        let t = Tuning::default();
+        // High wants 0.05 back; low borrowed 0.25: only 0.05 moves.
+        let mut c = vec![flex(10, 0.5, 0.45, 0.9), flex(1, 0.3, 0.55, 0.8)];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_class_gives_back_only_what_it_borrowed() {
+        let t = Tuning::default();
+        // High wants 0.3 back; low borrowed 0.05: only 0.05 moves.
+        let mut c = vec![flex(10, 0.75, 0.45, 0.9), flex(1, 0.5, 0.55, 0.8)];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_lower_class_below_its_share_gives_nothing_back() {
+        let t = Tuning::default();
+        let mut c = vec![flex(10, 0.5, 0.45, 0.9), flex(1, 0.6, 0.55, 0.8)];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.45, 0.55]);
+    }
+
+    #[test]
+    fn nothing_is_taken_back_from_an_equal_or_higher_priority() {
+        let t = Tuning::default();
+        let mut equal = vec![flex(5, 0.5, 0.3, 0.9), flex(5, 0.5, 0.7, 0.8)];
+        adjust(&mut equal, &t);
+        assert_close(&ratios_of(&equal), &[0.3, 0.7]);
+        let mut higher = vec![flex(1, 0.5, 0.3, 0.9), flex(5, 0.5, 0.7, 0.8)];
+        adjust(&mut higher, &t);
+        assert_close(&ratios_of(&higher), &[0.3, 0.7]);
+    }
+
+    #[test]
+    fn flexible_ratios_fill_what_the_fixed_classes_leave() {
+        let t = Tuning::default();
+        // Loads between low and high: nothing moves, only the scaling.
+        let mut c = vec![
+            fixed(0.5, 0.5),
+            flex(0, 0.2, 0.2, 0.5),
+            flex(0, 0.2, 0.1, 0.5),
+        ];
+        adjust(&mut c, &t);
+        assert_close(&ratios_of(&c), &[0.5, 1.0 / 3.0, 1.0 / 6.0]);
+        let mut all_fixed = vec![fixed(0.6, 0.5), fixed(0.5, 0.5), flex(0, 0.2, 0.2, 0.5)];
+        adjust(&mut all_fixed, &t);
+        assert_close(&ratios_of(&all_fixed), &[0.6, 0.5, 0.0]);
+        let mut none = vec![fixed(0.5, 0.5), flex(0, 0.0, 0.0, 0.5)];
+        adjust(&mut none, &t);
+        assert_close(&ratios_of(&none), &[0.5, 0.0]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the loads, fixed ratios never move, flexible ones stay
+        /// at or above zero and add up to what the fixed classes leave.
+        #[test]
+        fn adjust_keeps_fixed_shares_and_the_total(
+            spec in proptest::collection::vec((0i64..3, 1u32..50, proptest::bool::weighted(0.7), 0.0f64..2.0), 1..6),
+        ) {
+            let total: u32 = spec.iter().map(|s| s.1).sum();
+            let mut c: Vec<ClassRatio> = spec
+                .iter()
+                .map(|&(p, w, flexible, load)| {
+                    let share = f64::from(w) / f64::from(total);
+                    ClassRatio { priority: p, share, ratio: share, flexible, load }
+                })
+                .collect();
+            let fixed_before: Vec<f64> = c.iter().filter(|c| !c.flexible).map(|c| c.ratio).collect();
+            let fixed_sum: f64 = fixed_before.iter().sum();
+            let t = Tuning::default();
+            for _ in 0..5 {
+                adjust(&mut c, &t);
+                let fixed_now: Vec<f64> = c.iter().filter(|c| !c.flexible).map(|c| c.ratio).collect();
+                proptest::prop_assert_eq!(&fixed_now, &fixed_before);
+                let flexible: Vec<f64> = c.iter().filter(|c| c.flexible).map(|c| c.ratio).collect();
+                proptest::prop_assert!(flexible.iter().all(|&r| r >= 0.0), "{:?}", c);
+                if !flexible.is_empty() {
+                    let sum: f64 = flexible.iter().sum();
+                    proptest::prop_assert!((sum - (1.0 - fixed_sum)).abs() < 1e-9, "{:?}", c);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn caps_round_down_and_stay_within_one_and_the_amount() {
+        assert_eq!(cap(100, 0.299), 29);
+        assert_eq!(cap(100, 0.0), 1, "no class is shut out");
+        assert_eq!(cap(10, 1.5), 10, "never above the limit");
+        assert_eq!(cap(0, 0.5), 1);
+    }
+
+    // `Shares`: the bookkeeping that feeds `adjust`.
+
+    const T: u64 = 1_000_000;
+    const B: &str = "budget";
+
+    fn named(name: &str, priority: i64, share: f64, flexible: bool) -> Class {
+        Class {
+            name: name.into(),
+            priority,
+            share: Some(share),
+            flexible,
+            max_wait: None,
+            matchers: Vec::new(),
+            default: false,
+            source: "test:1".into(),
+        }
+    }
+
+    /// Two flexible classes of equal priority, half each.
+    fn halves() -> Classes {
+        Classes(vec![named("a", 0, 0.5, true), named("b", 0, 0.5, true)])
+    }
+
+    const SLOTS: [(u64, Use); 1] = [(100, Use::Slots)];
+
+    fn ratio(s: &Shares, classes: &Classes, name: &str, limits: &[(u64, Use)], now: u64) -> f64 {
+        s.ratio(B, classes, classes.get(name).unwrap(), limits, now)
+    }
+
+    /// `b` holds `n` of its 50 slots; `a` holds none.
+    fn b_in_flight(s: &Shares, classes: &Classes, n: usize, now: u64) {
+        ratio(s, classes, "a", &SLOTS, now);
+        for _ in 0..n {
+            s.observed(B, classes, "b", &[(50, 0, 0)], true, now);
+        }
+    }
+
+    #[test]
+    fn ratios_move_once_five_seconds_have_passed_and_not_before() {
+        let (s, c) = (Shares::default(), halves());
+        b_in_flight(&s, &c, 45, T);
+        assert_eq!(ratio(&s, &c, "a", &SLOTS, T + ADJUST_EVERY_MS - 1), 0.5);
+        // b at 45/50 = 0.9 borrows; a, idle, lends a step of 0.2.
+        let a = ratio(&s, &c, "a", &SLOTS, T + ADJUST_EVERY_MS);
+        assert!((a - 0.3).abs() < 1e-9, "{a}");
+        let b = ratio(&s, &c, "b", &SLOTS, T + ADJUST_EVERY_MS);
+        assert!((b - 0.7).abs() < 1e-9, "{b}");
+        let names: Vec<String> = s.ratios(B).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(
+            ratio(&s, &c, "a", &SLOTS, T + ADJUST_EVERY_MS + 1),
+            a,
+            "not again at once"
+        );
+    }
+
+    #[test]
+    fn ratios_move_after_ten_releases_and_not_before() {
+        let (s, c) = (Shares::default(), halves());
+        b_in_flight(&s, &c, 50, T);
+        for _ in 0..ADJUST_EVERY_RELEASES - 1 {
+            s.released(B, "a", T + 1);
+        }
+        assert_eq!(ratio(&s, &c, "a", &SLOTS, T + 2), 0.5);
+        s.released(B, "a", T + 2);
+        let a = ratio(&s, &c, "a", &SLOTS, T + 3);
+        assert!((a - 0.3).abs() < 1e-9, "{a}");
+    }
+
+    #[test]
+    fn a_release_frees_its_own_class_slot() {
+        let (s, c) = (Shares::default(), halves());
+        b_in_flight(&s, &c, 40, T);
+        for _ in 0..ADJUST_EVERY_RELEASES {
+            s.released(B, "b", T + 1);
+        }
+        // b is at 30/50 = 0.6 now: nobody borrows.
+        assert_eq!(ratio(&s, &c, "a", &SLOTS, T + 2), 0.5);
+        assert_eq!(ratio(&s, &c, "b", &SLOTS, T + 2), 0.5);
+    }
+
+    #[test]
+    fn rate_use_counts_until_the_store_gives_it_back() {
+        let limits = [(100, Use::Rate)];
+        let c = halves();
+        for (reset_after, moves) in [(ADJUST_EVERY_MS, false), (ADJUST_EVERY_MS + 1, true)] {
+            let s = Shares::default();
+            ratio(&s, &c, "a", &limits, T);
+            // b used 45 of its 50 until `reset_after` from now.
+            s.observed(B, &c, "b", &[(50, 5, reset_after)], false, T);
+            let a = ratio(&s, &c, "a", &limits, T + ADJUST_EVERY_MS);
+            assert_eq!(
+                (a - 0.5).abs() > 1e-9,
+                moves,
+                "reset after {reset_after}: {a}"
+            );
+        }
+    }
+
+    #[test]
+    fn waiting_requests_count_as_load_until_they_leave() {
+        let c = halves();
+        for (leave, moves) in [(false, true), (true, false)] {
+            let s = Shares::default();
+            ratio(&s, &c, "a", &SLOTS, T);
+            s.waiting(B, &c, "b", &[40], true, T);
+            if leave {
+                s.waiting(B, &c, "b", &[40], false, T);
+            }
+            let a = ratio(&s, &c, "a", &SLOTS, T + ADJUST_EVERY_MS);
+            assert_eq!((a - 0.5).abs() > 1e-9, moves, "left: {leave}: {a}");
+        }
+    }
+
+    #[test]
+    fn a_class_load_is_its_fullest_limit_in_use_and_waiting_over_its_cap() {
+        let c = Classes(vec![
+            named("d", 0, 0.4, true),
+            named("r1", 0, 0.3, true),
+            named("r2", 0, 0.3, true),
+        ]);
+        let limits = [(100, Use::Slots), (1_000, Use::Rate)];
+        let s = Shares::default();
+        s.ratio(B, &c, c.get("d").unwrap(), &limits, T);
+        // r1: 10 slots + 5 waiting of 30; 60 tokens used + 200 waiting of 300.
+        for _ in 0..10 {
+            s.observed(B, &c, "r1", &[(30, 0, 0), (300, 240, 60_000)], true, T);
+        }
+        s.waiting(B, &c, "r1", &[5, 200], true, T);
+        // r2: 27 slots of 30, no tokens.
+        for _ in 0..27 {
+            s.observed(B, &c, "r2", &[(30, 0, 0), (300, 300, 60_000)], true, T);
+        }
+        s.ratio(B, &c, c.get("d").unwrap(), &limits, T + ADJUST_EVERY_MS);
+        let mut want = vec![
+            flex(0, 0.4, 0.4, 0.0),
+            flex(0, 0.3, 0.3, 260.0 / 300.0),
+            flex(0, 0.3, 0.3, 27.0 / 30.0),
+        ];
+        adjust(&mut want, &Tuning::default());
+        let got: Vec<f64> = s.ratios(B).into_iter().map(|(_, r)| r).collect();
+        assert_close(&got, &ratios_of(&want));
+    }
+
+    #[test]
+    fn each_class_gets_its_own_ratio_and_an_unknown_class_none() {
+        let (s, c) = (Shares::default(), halves());
+        b_in_flight(&s, &c, 45, T);
+        let b = ratio(&s, &c, "b", &SLOTS, T + ADJUST_EVERY_MS);
+        assert!((b - 0.7).abs() < 1e-9, "{b}");
+        let stranger = named("x", 0, 0.5, true);
+        assert_eq!(s.ratio(B, &c, &stranger, &SLOTS, T + ADJUST_EVERY_MS), 0.0);
+        assert!(s.ratios("another budget").is_empty());
+    }
+
+    #[test]
+    fn a_reload_that_changes_the_classes_or_the_limits_starts_over() {
+        let c = halves();
+        let moved = || {
+            let s = Shares::default();
+            b_in_flight(&s, &c, 45, T);
+            ratio(&s, &c, "a", &SLOTS, T + ADJUST_EVERY_MS);
+            s
+        };
+        let s = moved();
+        let reshared = Classes(vec![named("a", 0, 0.4, true), named("b", 0, 0.6, true)]);
+        assert_eq!(
+            ratio(&s, &reshared, "a", &SLOTS, T + ADJUST_EVERY_MS + 1),
+            0.4
+        );
+        let s = moved();
+        let two = [(100, Use::Slots), (1_000, Use::Rate)];
+        assert_eq!(ratio(&s, &c, "a", &two, T + ADJUST_EVERY_MS + 1), 0.5);
+        let s = moved();
+        let a = ratio(&s, &c, "a", &SLOTS, T + ADJUST_EVERY_MS + 1);
+        assert!(
+            (a - 0.3).abs() < 1e-9,
+            "the same config keeps its ratios: {a}"
+        );
+    }
+
+    #[test]
+    fn an_idle_budget_is_forgotten_after_idle_ms_and_not_before() {
+        let (s, c) = (Shares::default(), halves());
+        ratio(&s, &c, "a", &SLOTS, T);
+        s.sweep(T + 999, 1_000);
+        assert_eq!(s.ratios(B).len(), 2);
+        s.sweep(T + 1_000, 1_000);
+        assert!(s.ratios(B).is_empty());
+    }
 }

@@ -47,6 +47,10 @@ impl Owner for RuleHit<'_> {
     fn on_error(&self) -> Option<FailurePolicy> {
         self.rule.on_error
     }
+
+    fn leases(&self) -> bool {
+        self.rule.lease
+    }
 }
 
 /// Everything a check asks of the store.
