@@ -275,6 +275,7 @@ on_both_stores!(
     toml_domains_answer_as_the_peer,
     import_gives_the_same_answers,
     utilities_unit_to_divider_long_units,
+    fixed_cache_impl_test_near_limit_ratio,
 );
 
 // ---------------------------------------------------------------------
@@ -1667,4 +1668,43 @@ async fn utilities_unit_to_divider_long_units(store: Store) {
     // 1970-01-05 was the first Monday: calendar weeks are 4 days later.
     let monday = WEEK_S - (unix_now() - 4 * 86_400) % WEEK_S;
     assert!(reset.abs_diff(monday) <= 2, "{reset} vs {monday}: {r:?}");
+}
+
+/// One counter of `/metrics`, by its labels (0 when absent).
+fn metric(text: &str, family: &str, labels: &str) -> u64 {
+    let prefix = format!("{family}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// fixed_cache_impl_test.go `TestNearLimit`, for whole hits (its split of
+/// one hit across the threshold is a listed difference), with the peer's
+/// `NEAR_LIMIT_RATIO` (base_limiter.go: near past `floor(limit × ratio)`):
+/// 10 single hits against 10 are all within (the peer counts a near hit
+/// as within too), 2 of them near at the default 0.8 and 5 at 0.5; the
+/// 11th is over either way.
+async fn fixed_cache_impl_test_near_limit_ratio(store: Store) {
+    let yaml = "domain: near\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 10}\n";
+    for (env, within, near) in [
+        (&[][..], 10, 2),
+        (&[("NEAR_LIMIT_RATIO", "0.5")][..], 10, 5),
+    ] {
+        let mut p = peer(store, &[("near.yaml", yaml)], env).await;
+        let r = p.repeat(11, "near", &[("k", "a")]).await;
+        expect(&r, Code::OverLimit, &[over(10, Unit::Minute)]);
+        let m = p.tollgate.metrics();
+        let labels = "domain=\"near\",rule=\"k\"";
+        let count = |family: &str| metric(&m, family, labels);
+        assert_eq!(
+            (
+                count("tollgate_rule_within_limit_total"),
+                count("tollgate_rule_near_limit_total"),
+                count("tollgate_rule_over_limit_total"),
+                count("tollgate_rule_total_hits_total"),
+            ),
+            (within, near, 1, 11),
+            "{env:?}\n{m}"
+        );
+    }
 }

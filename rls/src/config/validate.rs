@@ -749,6 +749,57 @@ mod tests {
         assert!(seen >= 2, "examples in {}", dir.display());
     }
 
+    /// A TOML rule's `time_zone`: `epoch` counts envoyproxy/ratelimit's
+    /// fixed weeks (what `tollgate import` writes), none keeps the UTC
+    /// calendar, and a name that is no zone is refused at its line.
+    #[test]
+    fn a_rule_time_zone() {
+        let rule =
+            "[[rule]]\ndomain = \"d\"\nmatch = [\"k\"]\nlimit = { requests = 1, per = \"week\" }\n";
+        let c = parse_str("t.toml", &format!("{rule}time_zone = \"epoch\"\n")).unwrap();
+        assert_eq!(c.rules.rules[0].limits[0].zone, crate::rules::Zone::Epoch);
+        let c = parse_str("t.toml", rule).unwrap();
+        assert_eq!(c.rules.rules[0].limits[0].zone, crate::rules::Zone::Utc);
+        let e = errors(&format!("{rule}time_zone = \"Mars/Olympus\"\n"));
+        assert!(
+            e[0].starts_with("t.toml:5: rule[0].time_zone: `Mars/Olympus`: not an IANA time zone"),
+            "{e:?}"
+        );
+    }
+
+    /// `merge_domains = false` (the peer's `MERGE_DOMAIN_CONFIG=false`)
+    /// holds for TOML too: one domain's rules in two files are refused,
+    /// naming both; left unset, TOML files merge.
+    #[test]
+    fn toml_domains_in_two_files_with_merge_domains_false() {
+        let a = "[envoy_ratelimit]\nmerge_domains = false\n\n[[rule]]\ndomain = \"d\"\nmatch = [\"k\"]\nlimit = { requests = 1, per = \"minute\" }\n";
+        let b = "[[rule]]\ndomain = \"d\"\nmatch = [\"j\"]\nlimit = { requests = 1, per = \"minute\" }\n";
+        let env = super::PeerEnv::default();
+        let sources = [
+            super::Source::new("a.toml", a),
+            super::Source::new("b.toml", b),
+        ];
+        let e: Vec<String> = super::build(&sources, &env)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "b.toml:1: rule.domain: domain `d` is also in a.toml, and merge_domains is false"
+            ),
+            "{e:?}"
+        );
+        let merged = a.replace("merge_domains = false", "");
+        let sources = [
+            super::Source::new("a.toml", &merged),
+            super::Source::new("b.toml", b),
+        ];
+        assert_eq!(super::build(&sources, &env).unwrap().rules.rules.len(), 2);
+    }
+
     #[test]
     fn a_minimal_file_gives_the_defaults() {
         let c = parse_str("t.toml", "").unwrap();
