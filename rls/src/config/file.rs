@@ -144,6 +144,7 @@ pub(crate) struct LlmView {
     pub max_message_timeout: Option<Spanned<String>>,
     pub model_header: Option<String>,
     pub currency: Option<Spanned<String>>,
+    pub ietf_headers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

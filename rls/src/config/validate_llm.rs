@@ -114,6 +114,9 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
     if let Some(h) = v.model_header {
         s.model_header = h.to_ascii_lowercase();
     }
+    if let Some(b) = v.ietf_headers {
+        s.ietf_headers = b;
+    }
     if let Some(c) = v.currency {
         let code = c.get_ref().trim();
         if code.is_empty() || code.len() > 8 || !code.chars().all(|ch| ch.is_ascii_alphanumeric()) {

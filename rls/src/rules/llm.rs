@@ -102,6 +102,9 @@ pub struct LlmSettings {
     /// The currency of every price and spend limit (a label: tollgate
     /// converts nothing).
     pub currency: String,
+    /// Also answer the IETF `RateLimit-Policy` / `RateLimit` fields,
+    /// beside the `x-ratelimit-*` ones.
+    pub ietf_headers: bool,
 }
 
 impl Default for LlmSettings {
@@ -124,6 +127,7 @@ impl Default for LlmSettings {
             max_message_timeout: Duration::from_secs(60),
             model_header: "x-tollgate-model".into(),
             currency: "USD".into(),
+            ietf_headers: false,
         }
     }
 }

@@ -123,7 +123,9 @@ impl Exchange {
             Request::ResponseHeaders(h) => {
                 self.start_response(&Facts::Headers(h.headers.as_ref()));
                 let reply = match &self.phase {
-                    Phase::Upstream(u) => answer::response_headers(&u.admitted),
+                    Phase::Upstream(u) => {
+                        answer::response_headers(&self.config.llm.settings, &u.admitted)
+                    }
                     _ => vec![],
                 };
                 if h.end_of_stream {
@@ -205,7 +207,7 @@ impl Exchange {
                 }));
                 Some(reply)
             }
-            Outcome::Denied(d) => Some(answer::denied(provider, &d)),
+            Outcome::Denied(d) => Some(answer::denied(settings, provider, &d)),
             Outcome::Rejected(r) => Some(answer::rejected(provider, &r)),
             Outcome::Cancelled { .. } => None,
         }
