@@ -47,7 +47,7 @@ fn stack(redis: Option<RedisServer>) -> Stack {
         "[server]\ngrpc_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n".to_string();
     if let Some(r) = &redis {
         toml.push_str(&format!(
-            "\n[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+            "\n[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\n",
             r.url()
         ));
     }
