@@ -29,12 +29,13 @@
 //!
 //! Beside them: `config` (TOML -> validated `Config`, read into the model
 //! of `rules`), `admin` (HTTP: health, readiness, metrics, config, and the
-//! HTTP check API for nginx), `metrics` (Prometheus families), `server`
+//! HTTP check API for nginx), `listen` (both listeners' connection limits), `metrics` (Prometheus families), `server`
 //! (build, serve, drain), `background` (every background task, one
 //! cancellation token), `watch` + `reload` (config hot reload), `tls` (the
 //! gRPC listener's certificates, reloaded when their files change; PEM for
 //! `rediss://`), `repeated` (log a repeating condition once, then
-//! summarise), `marketplace` (overflow capacity from an external
+//! summarise), `vocabularies` (BPE tables built only for configured
+//! models), `marketplace` (overflow capacity from an external
 //! marketplace, off by default: a stage of LLM admission). Data flows
 //! one way: service -> engine -> store; the engine
 //! never sees a proto type and a store never sees a rule.
@@ -45,6 +46,7 @@ pub mod app;
 pub mod background;
 pub mod config;
 pub mod engine;
+pub mod listen;
 pub mod marketplace;
 pub mod metrics;
 pub mod reload;
@@ -54,4 +56,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod vocabularies;
 pub mod watch;

@@ -5,10 +5,12 @@
 //! deliberately; its descriptor values are capped per rule.
 
 mod cache;
+mod guard;
 mod leases;
 mod marketplace;
 
 use cache::PairCache;
+pub use guard::{Closed, GuardFamilies, Listener};
 pub use leases::LeaseFamilies;
 pub use marketplace::MarketplaceFamilies;
 use prometheus::{
@@ -64,6 +66,8 @@ pub struct Metrics {
     internal_errors: IntCounterVec,
     /// Leases and the instance registry.
     pub leases: LeaseFamilies,
+    /// Buffered bodies, connection limits, usage anomalies.
+    pub guard: GuardFamilies,
     /// The marketplace stage, its client and its usage reports.
     pub marketplace: MarketplaceFamilies,
     detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
@@ -158,6 +162,7 @@ impl Metrics {
             .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
             leases: LeaseFamilies::new(r),
+            guard: GuardFamilies::new(r),
             marketplace: MarketplaceFamilies::new(r),
             llm_waiting,
             llm_wait_seconds,

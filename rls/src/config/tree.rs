@@ -28,6 +28,8 @@ pub(crate) const TOP_LEVEL: &[&str] = &[
     "prices",
     "quota",
     "class",
+    "envoy_ratelimit",
+    "domain",
     "marketplace",
 ];
 
@@ -332,7 +334,7 @@ tokens_per_minute = -5
             &e,
             &[
                 "t.toml:2: store.kind: `memroy`: expected `memory` or `redis`; did you mean `memory`?",
-                "t.toml:7: rule[0].limit.per: `minit`: expected second, minute, hour or day; did you mean `minute`?",
+                "t.toml:7: rule[0].limit.per: `minit`: expected second, minute, hour, day, week, month or year; did you mean `minute`?",
                 "t.toml:11: quota.tokens_per_minute: invalid value: integer `-5`",
             ],
         );

@@ -33,7 +33,7 @@ mod reservation;
 
 pub use admission::{
     Admission, Admitted, Ask, Brokered, Denied, Finished, Outcome, Rejection, ResponseEnd,
-    ResponseReader, SettledBy, Tried, OTHER_MODEL,
+    ResponseReader, SettledBy, Tried, UsageBound, OTHER_MODEL,
 };
 pub use budget::{
     adjust, cap, BudgetView, Budgets, ClassRatio, Remaining, Reserved, Shares, Ticket, Tuning, Use,

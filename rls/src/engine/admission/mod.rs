@@ -15,6 +15,7 @@
 //! marketplace instead. Every outcome is counted and logged in one place
 //! (`observe`).
 
+mod bound;
 mod market;
 mod observe;
 mod outcome;
@@ -22,6 +23,7 @@ mod request;
 mod response;
 mod stages;
 
+pub use bound::UsageBound;
 pub use outcome::{
     Admitted, Ask, Brokered, Denied, Finished, Outcome, Rejection, ResponseEnd, SettledBy, Tried,
 };
@@ -76,8 +78,7 @@ impl Admission {
 
     async fn run(&self, ask: Ask<'_>, on_wait: impl FnMut(Duration)) -> Outcome {
         let llm = ask.llm;
-        let request = match request::read(&llm.settings, ask.endpoint, ask.body, ask.complete).await
-        {
+        let request = match request::read(llm, ask.endpoint, ask.body, ask.complete).await {
             Ok(r) => r,
             Err(r) => return Outcome::Rejected(r),
         };
@@ -190,6 +191,7 @@ impl Admission {
                         endpoint: ask.endpoint,
                         streamed: request.stream,
                         model_label: candidate.label.clone(),
+                        usage_bound: UsageBound::new(candidate.context, request.max_output_tokens),
                     };
                     let admitted = upstream_body(llm, admitted, ask.body, request);
                     return Ok(Outcome::Admitted(Box::new(admitted)));
@@ -227,6 +229,7 @@ impl Admission {
         admitted: &Admitted,
         end: ResponseEnd,
     ) -> Finished {
+        let end = bound::checked(self.budgets.counters().metrics(), admitted, end);
         let (settlement, how) = settlement(settings, &admitted.reservation.estimate, end);
         let finished = match self.budgets.settle(&admitted.reservation, settlement).await {
             Ok(true) => Finished::Settled(how),
