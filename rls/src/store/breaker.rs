@@ -23,6 +23,7 @@
 //!   count of the changes it did not log and the state it is in.
 
 use super::{Grant, Hit, HitState, Hold, SettleOp, Store, StoreError, TakeOutcome};
+use super::{ScanQuery, Scanned};
 use crate::repeated::{LineBudget, Repeats};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -360,6 +361,16 @@ impl Store for Breaker {
 
     async fn announce_freed(&self, keys: &[String]) -> Result<(), StoreError> {
         self.call(self.inner.announce_freed(keys)).await
+    }
+
+    /// Not through the breaker's count: a slow look for the operator must
+    /// not open the circuit that decisions depend on. While the circuit is
+    /// open it is not even asked.
+    async fn scan(&self, query: &ScanQuery, now_ms: u64) -> Result<Scanned, StoreError> {
+        if !self.health.is_closed() {
+            return Err(StoreError::Unavailable("circuit open".into()));
+        }
+        self.inner.scan(query, now_ms).await
     }
 
     fn freed_by_others(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<String>>> {
