@@ -1,14 +1,18 @@
 //! The admin HTTP listener: liveness, readiness, metrics, the config in
-//! force, and the HTTP check API for nginx and other proxies. Bound to loopback unless configured otherwise: it is for the
-//! operator and the scraper, not for clients.
+//! force, the live view of budgets (`/quotas` and its page, `view`), and
+//! the HTTP check API for nginx and other proxies. Bound to loopback
+//! unless configured otherwise: it is for the operator and the scraper,
+//! not for clients (the live view shows tenants' values).
 
 use crate::app::App;
-use axum::extract::State;
+use crate::view::{self, Filters, ViewError};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -18,6 +22,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/config", get(config))
+        .route("/quotas", get(quotas))
+        .route("/", get(page))
+        .route("/ui", get(page))
         .with_state(app.clone())
         .merge(crate::service::http_check::router(app))
 }
@@ -78,4 +85,81 @@ async fn config(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         // Models, quotas, classes and the ext_proc settings in force.
         "llm": &*c.llm,
     }))
+}
+
+/// `/quotas?quota=NAME&tenant=T&top=N`: the keys in use, from one bounded
+/// look at the store (`view::quotas`).
+async fn quotas(
+    State(app): State<Arc<App>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let filters = match filters(&params) {
+        Ok(f) => f,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let config = app.config.load_full();
+    let counters = app.engine.counters();
+    let answer = view::quotas(
+        &config,
+        counters.store().as_ref(),
+        filters,
+        crate::store::DEFAULT_SCAN_BUDGET,
+        counters.now_ms(),
+    )
+    .await;
+    match answer {
+        Ok(a) => ([(header::CACHE_CONTROL, "no-store")], Json(a)).into_response(),
+        Err(e @ ViewError::UnknownQuota(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ ViewError::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// The query of `/quotas`, checked: unknown parameters and a `top` that is
+/// not a number from 1 to `MAX_TOP` are refused, not ignored.
+fn filters(params: &HashMap<String, String>) -> Result<Filters, String> {
+    if let Some(unknown) = params
+        .keys()
+        .find(|k| !["quota", "tenant", "top"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown parameter `{unknown}`: expected quota, tenant or top"
+        ));
+    }
+    let top = match params.get("top") {
+        None => view::DEFAULT_TOP,
+        Some(t) => match t.parse::<usize>() {
+            Ok(n) if (1..=view::MAX_TOP).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "top: `{t}`: expected a number from 1 to {}",
+                    view::MAX_TOP
+                ))
+            }
+        },
+    };
+    let given = |name: &str| params.get(name).filter(|v| !v.is_empty()).cloned();
+    Ok(Filters {
+        quota: given("quota"),
+        tenant: given("tenant"),
+        top,
+    })
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// The quota page (`view::page`), with a policy that lets it load nothing
+/// from anywhere else.
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, view::PAGE_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        view::PAGE,
+    )
+        .into_response()
 }

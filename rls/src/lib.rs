@@ -33,7 +33,8 @@
 //! cancellation token), `watch` + `reload` (config hot reload), `tls` (the
 //! gRPC listener's certificates, reloaded when their files change; PEM for
 //! `rediss://`), `repeated` (log a repeating condition once, then
-//! summarise). Data flows one way: service -> engine -> store; the engine
+//! summarise), `view` (the live view of budgets: `/quotas` and its
+//! page). Data flows one way: service -> engine -> store; the engine
 //! never sees a proto type and a store never sees a rule.
 #![forbid(unsafe_code)]
 
@@ -50,4 +51,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod view;
 pub mod watch;
