@@ -384,3 +384,33 @@ async fn ended_windows_and_foreign_keys_are_not_in_use(h: &Harness) {
     // 5010 taken a minute ago; 60 s at 100000 a day refill 69.4 tokens.
     assert_eq!(daily.keys[0].counters[0].used, Some(5010 - 69));
 }
+
+/// Keys under tollgate's prefix that hold something their kind never holds
+/// (another application's, a bug) are counted, not shown, and do not stop
+/// the answer; a record that does not decode is counted too.
+#[tokio::test]
+async fn foreign_values_under_the_prefix_are_counted_not_read() {
+    let h = Harness::new(common::Kind::Redis).await;
+    let common::Servers::Redis(server) = &h._servers else {
+        unreachable!("a redis subject")
+    };
+    let _r = h.reserve("acme", 10, 10).await;
+    let team = h.config.llm.quotas[0].id.as_str();
+    let window = (NOW - NOW % 60_000) / 1000;
+    let requests = format!("tg:{{{team}}}:rminutew:gpt-4o:acme:{window}");
+    server.cli(&["SET", &requests, "not a count"]);
+    server.cli(&["DEL", &format!("tg:{{{team}}}:c:gpt-4o:acme")]);
+    server.cli(&["HSET", &format!("tg:{{{team}}}:c:gpt-4o:acme"), "f", "v"]);
+    server.cli(&["SET", &format!("tg:{{{team}}}:res:bad"), "{not json"]);
+    let a = h.all().await;
+    assert_eq!(a.scan.unreadable_keys, 2, "{:?}", a.scan);
+    assert_eq!(
+        (a.scan.reservations, a.scan.unreadable_records),
+        (2, 1),
+        "{:?}",
+        a.scan
+    );
+    // The tokens counter still reads, with what the good record holds.
+    let acme = key(owner(&a, "team"), &["gpt-4o", "acme"]);
+    assert_eq!(figs(&acme[0]), (Some(20), 20, Some(980), Some(1000)));
+}

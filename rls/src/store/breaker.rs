@@ -455,6 +455,9 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             self.answer()
         }
+        async fn scan(&self, _: &ScanQuery, _: u64) -> Result<Scanned, StoreError> {
+            self.answer().map(|_| Scanned::default())
+        }
         fn kind(&self) -> &'static str {
             "scripted"
         }
@@ -540,6 +543,30 @@ mod tests {
             assert!(b.take(&[], None, 0).await.is_err());
         }
         assert_eq!(inner.calls(), FAILURES_TO_OPEN as usize);
+    }
+
+    #[tokio::test]
+    async fn scans_never_open_the_circuit_and_wait_while_it_is_open() {
+        let query = ScanQuery {
+            tag: None,
+            budget: 10,
+        };
+        let inner = Scripted::new(vec![], down);
+        let (b, health) = breaker(inner.clone(), Duration::from_secs(60));
+        for _ in 0..10 {
+            assert!(b.scan(&query, 0).await.is_err());
+        }
+        assert!(health.is_closed(), "failed looks are not outages");
+        assert_eq!(inner.calls(), 10, "and start no confirmation pings");
+        let _ = b.take(&[], None, 0).await;
+        settled(&health).await;
+        assert!(!health.is_closed());
+        let calls = inner.calls();
+        assert!(matches!(
+            b.scan(&query, 0).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert_eq!(inner.calls(), calls, "not asked while open");
     }
 
     #[tokio::test]

@@ -8,8 +8,9 @@
 //! Bounded twice: at most `budget` keys listed, and at most
 //! `2 × budget / 1000 + masters` `SCAN` calls, so a Redis full of another
 //! application's keys (which `MATCH` filters out on the server, after
-//! walking them) costs a bounded walk too. Every call has its own timeout,
-//! longer than a decision's: this is the operator's view, not a request.
+//! walking them) costs a bounded walk too. Every call has its own timeout
+//! (2 s), longer than a decision's: this is the operator's view, not a
+//! request; the whole look at most 5 s.
 
 use super::RedisStore;
 use crate::store::arith::Cell;
@@ -28,6 +29,8 @@ use std::time::Duration;
 const SCAN_COUNT: usize = 1_000;
 /// Longest wait for one call of a look (a `SCAN`, a pipeline of reads).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a whole look may take.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads per pipeline.
 const READ_BATCH: usize = 1_000;
 /// Pipelines in flight at once.
@@ -44,11 +47,19 @@ enum Node {
 }
 
 impl RedisStore {
+    /// One look, [`LOOK_TIMEOUT`] at most in all.
     pub(super) async fn scan_live(
         &self,
         query: &ScanQuery,
         now_ms: u64,
     ) -> Result<Scanned, StoreError> {
+        match tokio::time::timeout(LOOK_TIMEOUT, self.look(query, now_ms)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Timeout(LOOK_TIMEOUT)),
+        }
+    }
+
+    async fn look(&self, query: &ScanQuery, now_ms: u64) -> Result<Scanned, StoreError> {
         let conn = self.connection_for_scan().await?;
         let nodes = match &conn {
             Conn::Single(_) => vec![Node::Single],
