@@ -114,6 +114,11 @@ async fn quotas(
     }
 }
 
+/// The longest `quota` or `tenant` filter: a tenant's value is user data,
+/// so a filter is only ever compared, never kept, and a longer one is
+/// refused without being echoed back.
+const MAX_FILTER_BYTES: usize = 1_024;
+
 /// The query of `/quotas`, checked: unknown parameters and a `top` that is
 /// not a number from 1 to `MAX_TOP` are refused, not ignored.
 fn filters(params: &HashMap<String, String>) -> Result<Filters, String> {
@@ -122,7 +127,8 @@ fn filters(params: &HashMap<String, String>) -> Result<Filters, String> {
         .find(|k| !["quota", "tenant", "top"].contains(&k.as_str()))
     {
         return Err(format!(
-            "unknown parameter `{unknown}`: expected quota, tenant or top"
+            "unknown parameter `{}`: expected quota, tenant or top",
+            cut(unknown)
         ));
     }
     let top = match params.get("top") {
@@ -131,18 +137,34 @@ fn filters(params: &HashMap<String, String>) -> Result<Filters, String> {
             Ok(n) if (1..=view::MAX_TOP).contains(&n) => n,
             _ => {
                 return Err(format!(
-                    "top: `{t}`: expected a number from 1 to {}",
+                    "top: `{}`: expected a number from 1 to {}",
+                    cut(t),
                     view::MAX_TOP
                 ))
             }
         },
     };
-    let given = |name: &str| params.get(name).filter(|v| !v.is_empty()).cloned();
+    let given = |name: &str| match params.get(name).filter(|v| !v.is_empty()) {
+        Some(v) if v.len() > MAX_FILTER_BYTES => Err(format!(
+            "{name}: longer than {MAX_FILTER_BYTES} bytes ({})",
+            v.len()
+        )),
+        v => Ok(v.cloned()),
+    };
     Ok(Filters {
-        quota: given("quota"),
-        tenant: given("tenant"),
+        quota: given("quota")?,
+        tenant: given("tenant")?,
         top,
     })
+}
+
+/// What an error echoes of a refused parameter: its first 40 characters.
+fn cut(s: &str) -> String {
+    const SHOWN: usize = 40;
+    match s.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -162,4 +184,45 @@ async fn page() -> Response {
         view::PAGE,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, String)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn filter_values_are_bounded_and_not_echoed_back() {
+        let long = "t".repeat(MAX_FILTER_BYTES + 1);
+        for name in ["quota", "tenant"] {
+            let e = filters(&query(&[(name, long.clone())])).expect_err(name);
+            assert!(e.starts_with(&format!("{name}: longer than")), "{e}");
+            assert!(!e.contains(&long[..100]), "the value is not echoed: {e}");
+        }
+        let most = "t".repeat(MAX_FILTER_BYTES);
+        let f = filters(&query(&[("tenant", most.clone())])).expect("at the bound");
+        assert_eq!(f.tenant, Some(most));
+    }
+
+    #[test]
+    fn refused_parameters_are_echoed_cut_short() {
+        let long = "x".repeat(10_000);
+        for q in [
+            query(&[(long.as_str(), "1".into())]),
+            query(&[("top", long.clone())]),
+        ] {
+            let e = filters(&q).expect_err("refused");
+            assert!(e.len() < 200, "{} bytes: {e}", e.len());
+        }
+        assert_eq!(
+            filters(&query(&[("top", "0".into())])).expect_err("top 0"),
+            "top: `0`: expected a number from 1 to 1000"
+        );
+    }
 }
