@@ -42,7 +42,7 @@ for t in "${targets[@]}"; do
   cargo +nightly fuzz run "${build[@]}" "$t" "$work/$t" "corpus/$t" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 >"$work/$t.log" 2>&1 || rc=$?
-  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)' "$work/$t.log" || true
+  grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb)' "$work/$t.log" || true
   if [ "$rc" -ne 0 ]; then
     tail -40 "$work/$t.log" >&2
     echo "fuzz-smoke: $t failed (exit $rc); the input is under fuzz/artifacts/$t/" >&2

@@ -7,7 +7,9 @@
 //! screenshot is kept at `target/tollgate-test/quotas-page.png`.
 //!
 //! Estimates use `bytes`: a chat with one message "hi" and `max_tokens =
-//! 100` reserves 8 + 100 = 108 tokens; the mock reports 10 + 20 = 30.
+//! 100` reserves 8 + 100 = 108 tokens; the mock reports 10 + 20 = 30. In
+//! money at 2.50 / 10.00 USD per million tokens in / out: 8 × 2.5 + 100 ×
+//! 10 = 1,020 micro-dollars reserved, 10 × 2.5 + 20 × 10 = 225 spent.
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -36,12 +38,16 @@ name = "gpt-4o"
 context_window = 4000
 default_max_output = 100
 
+[prices]
+"gpt-4o" = {{ input = 2.50, output = 10.00, cached_input = 1.25 }}
+
 [[quota]]
 name = "team"
 match = {{ tenant = "*" }}
 tokens_per_minute = 1000
 requests_per_minute = 10
 max_concurrent = 5
+spend_per_day = 1.00
 
 [[rule]]
 domain = "edge"
@@ -193,10 +199,28 @@ async fn endpoint_figures(store: &str) {
         used_reserved_remaining(figures(&a, "edge:tenant", "acme", "requests")),
         (3, 0, 7)
     );
+    assert_eq!(
+        used_reserved_remaining(figures(&a, "team", "acme", "spend")),
+        (450, 0, 999_550)
+    );
+    let beta = figures(&a, "team", "beta", "spend");
+    assert_eq!(used_reserved_remaining(beta), (1020, 1020, 998_980));
+    assert_eq!(
+        (&beta["money"]["reserved"], &beta["money"]["remaining"]),
+        (&json!("0.00102"), &json!("0.99898"))
+    );
     let team = a["quotas"]
         .as_array()
         .and_then(|qs| qs.iter().find(|q| q["name"] == "team"))
         .expect("team");
+    let spend = team["limits"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["kind"] == "spend"))
+        .expect("the spend limit");
+    assert_eq!(
+        (&spend["limit"], &spend["currency"], &spend["limit_money"]),
+        (&json!(1_000_000), &json!("USD"), &json!("1.00"))
+    );
     assert_eq!(team["in_flight"], 1);
     assert_eq!(team["keys_in_use"], 2);
 
@@ -351,6 +375,7 @@ async fn the_page_shows_live_figures_and_redraws_itself() {
             cond("team", "tenant=acme", "tokens", "used", 60),
             cond("team", "tenant=beta", "tokens", "reserved", 108),
             cond("edge:tenant", "tenant=acme", "requests", "used", 3),
+            cond("team", "tenant=acme", "spend", "used", 450),
         ]),
         None,
     );
@@ -371,6 +396,13 @@ async fn the_page_shows_live_figures_and_redraws_itself() {
     assert_eq!(
         (&beta["used"], &beta["spent"], &beta["remaining"]),
         (&json!("108"), &json!("0"), &json!("892"))
+    );
+    let money = shown(&first, "team", "tenant=beta", "spend");
+    assert_eq!(money["reserved"], "1020", "micro-units in the data");
+    let text = money["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("spend per day") && text.contains("0.00102 / 1.00 USD · 0.00102 reserved"),
+        "in the currency: {text}"
     );
     let slot = shown(&first, "team", "tenant=beta", "concurrent");
     assert_eq!((&slot["used"], &slot["limit"]), (&json!("1"), &json!("5")));

@@ -45,7 +45,12 @@ pub(crate) fn from_usage_object(endpoint: Endpoint, u: &Value) -> Option<Usage> 
             let read = n(u, "/cache_read_input_tokens").unwrap_or(0);
             let write = n(u, "/cache_creation_input_tokens").unwrap_or(0);
             Usage {
-                prompt_tokens: n(u, "/input_tokens").unwrap_or(0) + read + write,
+                // Saturating: a hostile upstream's huge counts must not
+                // wrap (or panic) into a tiny charge.
+                prompt_tokens: n(u, "/input_tokens")
+                    .unwrap_or(0)
+                    .saturating_add(read)
+                    .saturating_add(write),
                 completion_tokens: n(u, "/output_tokens").unwrap_or(0),
                 cached_prompt_tokens: read,
             }
@@ -66,6 +71,19 @@ pub(crate) fn from_usage_object(endpoint: Endpoint, u: &Value) -> Option<Usage> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_counts_near_u64_max_saturate_instead_of_wrapping() {
+        let body = format!(
+            r#"{{"usage":{{"input_tokens":{},"cache_read_input_tokens":{},"cache_creation_input_tokens":5,"output_tokens":1}}}}"#,
+            u64::MAX - 1,
+            u64::MAX / 2
+        );
+        let u = usage_from_json(Endpoint::AnthropicMessages, body.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.prompt_tokens, u64::MAX);
+    }
 
     #[test]
     fn each_provider() {

@@ -51,6 +51,8 @@ pub struct Metrics {
     llm_requests: IntCounterVec,
     llm_tokens: IntCounterVec,
     quota_tokens: IntCounterVec,
+    quota_spend: IntCounterVec,
+    quota_warnings: IntCounterVec,
     llm_settlements: IntCounterVec,
     estimate_error: HistogramVec,
     /// Requests waiting for capacity now.
@@ -183,6 +185,18 @@ impl Metrics {
                 "tollgate_quota_tokens_total",
                 "Token cost by quota and kind (reserved, refunded, overage).",
                 &["quota", "kind"],
+            ),
+            quota_spend: counter(
+                r,
+                "tollgate_quota_spend_micros_total",
+                "Spend by quota and kind (reserved, refunded, overage), in micro-units of [llm] currency.",
+                &["quota", "kind"],
+            ),
+            quota_warnings: counter(
+                r,
+                "tollgate_quota_warnings_total",
+                "Soft-limit crossings (warn_at), by quota and limit: once per window and key.",
+                &["quota", "limit"],
             ),
             llm_settlements: counter(
                 r,
@@ -401,6 +415,20 @@ impl Metrics {
                 .with_label_values(&[quota, kind])
                 .inc_by(n);
         }
+    }
+
+    /// Money by quota, in micro-units.
+    pub fn quota_spend(&self, quota: &str, kind: &str, micros: u64) {
+        if micros > 0 {
+            self.quota_spend
+                .with_label_values(&[quota, kind])
+                .inc_by(micros);
+        }
+    }
+
+    /// A quota's `warn_at` was crossed on `limit` (its config field).
+    pub fn quota_warning(&self, quota: &str, limit: &str) {
+        self.quota_warnings.with_label_values(&[quota, limit]).inc();
     }
 
     /// `how`: usage, no_usage, upstream_error, aborted, already_settled.

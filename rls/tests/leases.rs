@@ -40,6 +40,7 @@ fn hit(key: &str, amount: u64, period: Period, algorithm: Algorithm, cost: u64) 
             amount,
             period,
             algorithm,
+            zone: tollgate::rules::Zone::Utc,
         }),
         cost,
         enforce: true,
@@ -118,6 +119,7 @@ fn the_arithmetic_is_the_seed_formula() {
         amount: 1_000,
         period: Period::Hour,
         algorithm: Algorithm::FixedWindow,
+        zone: tollgate::rules::Zone::Utc,
     };
     for (unit, want, instances, granted) in [
         (1, 10_000, 4, 250),
@@ -280,6 +282,7 @@ async fn idle_slices_go_back(s: &Subject) {
         amount: 1000,
         period: Period::Hour,
         algorithm: Algorithm::FixedWindow,
+        zone: tollgate::rules::Zone::Utc,
     };
     let key = &rules.rules[0];
     let h = Hit {
@@ -312,6 +315,7 @@ async fn a_dropped_grant_does_not_block_the_slice() {
         amount: 1000,
         period: Period::Hour,
         algorithm: Algorithm::FixedWindow,
+        zone: tollgate::rules::Zone::Utc,
     };
     let h = Hit {
         key: tollgate::store::keys::rule_counter(

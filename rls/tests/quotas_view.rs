@@ -8,7 +8,7 @@ use std::time::Duration;
 use tollgate::config::{parse_str, Config};
 use tollgate::engine::{Check, Clock, Descriptor, Engine, Reservation, Reserved, Settlement};
 use tollgate::metrics::Metrics;
-use tollgate::rules::{Algorithm, Identity, Limit, Period, Tokens};
+use tollgate::rules::{Algorithm, Identity, Limit, Period, Tokens, Zone};
 use tollgate::store::{Counter, Hit};
 use tollgate::view::{quotas, Answer, Figures, Filters, OwnerView, ViewError};
 
@@ -358,6 +358,7 @@ async fn ended_windows_and_foreign_keys_are_not_in_use(h: &Harness) {
             amount: 5,
             period: Period::Minute,
             algorithm: Algorithm::FixedWindow,
+            zone: Zone::Utc,
         }),
         cost: 1,
         enforce: true,
@@ -413,4 +414,131 @@ async fn foreign_values_under_the_prefix_are_counted_not_read() {
     // The tokens counter still reads, with what the good record holds.
     let acme = key(owner(&a, "team"), &["gpt-4o", "acme"]);
     assert_eq!(figs(&acme[0]), (Some(20), 20, Some(980), Some(1000)));
+}
+
+/// Money budgets and calendar windows in an IANA zone: spend shown in
+/// micro-units and as decimals of the configured currency, and each
+/// window's reset where the calendar puts it (Europe/Berlin, a March with
+/// the change to summer time inside it: the month is an hour short).
+mod money {
+    use super::*;
+
+    /// Monday 2027-03-15 12:00 UTC (13:00 in Berlin).
+    const MONDAY: u64 = 1_805_112_000_000;
+
+    const MONEY: &str = r#"
+[llm]
+currency = "EUR"
+
+[[model]]
+name = "gpt-4o"
+context_window = 128000
+default_max_output = 1000
+
+[prices]
+# Per million tokens: 2.50 in, 10.00 out.
+"gpt-4o" = { input = 2.50, output = 10.00, cached_input = 1.25 }
+
+[[quota]]
+name = "team-a"
+match = { tenant = "*" }
+spend_per_month = 500.00
+spend_per_day = 50.00
+requests_per_week = 100
+time_zone = "Europe/Berlin"
+"#;
+
+    async fn harness(kind: common::Kind) -> Harness {
+        let common::Subject { store, _redis } = common::subject(kind).await;
+        let clock = Clock::manual(MONDAY);
+        Harness {
+            engine: Engine::new(store, Arc::new(Metrics::default())).with_clock(clock.clone()),
+            clock,
+            config: parse_str("money.toml", MONEY).expect("the money config loads"),
+            _servers: _redis,
+        }
+    }
+
+    for_each_store!(
+        super::harness;
+        spend_in_the_currency_and_calendar_resets,
+    );
+
+    async fn spend_in_the_currency_and_calendar_resets(h: &Harness) {
+        // 1000 in + 200 out: 0.0025 + 0.0020 = 0.0045 EUR, settled.
+        let first = h.reserve("acme", 1000, 1000).await;
+        h.settle(&first, 1000, 200).await;
+        // 1000 in + 1000 out: 0.0025 + 0.0100 = 0.0125 EUR, in flight.
+        let _second = h.reserve("acme", 1000, 1000).await;
+
+        let a = h.all().await;
+        let team = owner(&a, "team-a");
+        let at = |kind: &str, period: &str| {
+            team.limits
+                .iter()
+                .position(|l| l.kind == kind && l.period == Some(period))
+                .unwrap_or_else(|| panic!("no {kind} per {period} in {:?}", team.limits))
+        };
+        let (day, month, week) = (
+            at("spend", "day"),
+            at("spend", "month"),
+            at("requests", "week"),
+        );
+        let d = &team.limits[day];
+        assert_eq!(
+            (d.limit, d.currency.as_deref(), d.limit_money.as_deref()),
+            (50_000_000, Some("EUR"), Some("50.00"))
+        );
+        assert_eq!(d.time_zone.as_deref(), Some("Europe/Berlin"));
+        let w = &team.limits[week];
+        assert_eq!(
+            (w.currency.as_deref(), w.limit_money.as_deref()),
+            (None, None)
+        );
+
+        let acme = key(team, &["acme"]);
+        let f = &acme[day];
+        assert_eq!(
+            figs(f),
+            (Some(17_000), 12_500, Some(49_983_000), Some(50_000_000))
+        );
+        let m = f.money.as_ref().expect("a money counter's decimals");
+        assert_eq!(
+            (
+                m.used.as_deref(),
+                m.reserved.as_str(),
+                m.spent.as_deref(),
+                m.limit.as_deref(),
+                m.remaining.as_deref()
+            ),
+            (
+                Some("0.017"),
+                "0.0125",
+                Some("0.0045"),
+                Some("50.00"),
+                Some("49.983")
+            )
+        );
+        assert_eq!(
+            acme[month].money.as_ref().and_then(|m| m.limit.as_deref()),
+            Some("500.00")
+        );
+        assert!(acme[week].money.is_none(), "requests are not money");
+        assert_eq!(figs(&acme[week]), (Some(2), 1, Some(98), Some(100)));
+
+        // Berlin midnight (23:00 UTC), Monday 22nd 00:00 Berlin, and
+        // 1 April 00:00 summer time (31 March 22:00 UTC).
+        let resets: Vec<_> = [day, week, month]
+            .iter()
+            .map(|&i| (acme[i].reset_after_ms, acme[i].reset_unix_ms))
+            .collect();
+        assert_eq!(
+            resets,
+            [
+                (Some(39_600_000), Some(1_805_151_600_000)),
+                (Some(558_000_000), Some(1_805_670_000_000)),
+                (Some(1_418_400_000), Some(1_806_530_400_000)),
+            ]
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! give identical answers for the same calls at the same (manual) times.
 
 use proptest::prelude::*;
-use tollgate::rules::{Algorithm, Limit, Period};
+use tollgate::rules::{Algorithm, Limit, Period, Zone};
 use tollgate::store::{counter_key, Counter, Hit, Hold, SettleOp};
 
 const T0: u64 = 1_800_000_000_000; // a whole hour (not day) boundary, in ms
@@ -30,6 +30,7 @@ for_each_store!(
     a_lowered_bucket_limit_holds_at_once,
     a_charged_bucket_pays_its_debt_before_it_gives,
     the_last_slot_and_the_deadline_millisecond,
+    a_calendar_windows_key_expires_at_its_end,
 );
 
 /// On a cluster the two tags live in different slots (taken in tag order,
@@ -245,6 +246,7 @@ fn hit(key: &str, amount: u64, period: Period, algorithm: Algorithm, cost: u64) 
             amount,
             period,
             algorithm,
+            zone: tollgate::rules::Zone::Utc,
         }),
         cost,
         enforce: true,
@@ -562,26 +564,31 @@ fn counters() -> Vec<Limit> {
             amount: 7,
             period: Period::Second,
             algorithm: Algorithm::FixedWindow,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 50,
             period: Period::Minute,
             algorithm: Algorithm::FixedWindow,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 13,
             period: Period::Second,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 1_000,
             period: Period::Minute,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
         Limit {
             amount: 100_000,
             period: Period::Day,
             algorithm: Algorithm::TokenBucket,
+            zone: tollgate::rules::Zone::Utc,
         },
     ]
 }
@@ -606,8 +613,128 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
+/// Calendar counters: days in a zone with a DST change, weeks from Monday,
+/// months, and a money budget (micro-units; costs of whole cents and more).
+fn calendar_counters() -> Vec<Limit> {
+    let berlin = Zone::parse("Europe/Berlin").unwrap();
+    let new_york = Zone::parse("America/New_York").unwrap();
+    let fixed = Algorithm::FixedWindow;
+    vec![
+        Limit {
+            zone: berlin,
+            ..Limit::new(40, Period::Day, fixed)
+        },
+        Limit {
+            zone: new_york,
+            ..Limit::new(90, Period::Week, fixed)
+        },
+        Limit::new(200, Period::Month, fixed),
+        Limit {
+            zone: berlin,
+            ..Limit::new(500_000_000, Period::Month, fixed)
+        },
+        Limit::new(5_000, Period::Year, fixed),
+    ]
+}
+
+fn calendar_step() -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![0u64..5_000, 0u64..3_600_000, 0u64..129_600_000],
+        prop::bool::weighted(0.15),
+        prop::collection::vec(
+            (
+                0usize..5,
+                prop_oneof![0u64..4, 0u64..30, 1_000_000u64..60_000_000],
+                prop::bool::weighted(0.9),
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(|(after_ms, give_back, hits)| Step {
+            after_ms,
+            give_back,
+            hits,
+        })
+}
+
+/// Runs `steps` on both stores over `limits`, asserting equal answers.
+async fn agree(tag: &str, limits: &[Limit], steps: &[Step], start: u64) {
+    let mem = memory().await;
+    let red = redis().await;
+    let mut now = start;
+    for (i, s) in steps.iter().enumerate() {
+        now += s.after_ms;
+        let hits: Vec<Hit> = s
+            .hits
+            .iter()
+            .map(|&(c, cost, enforce)| Hit {
+                key: format!("tg:{{{tag}}}:c{c}"),
+                counter: Counter::Rate(limits[c % limits.len()]),
+                cost,
+                enforce,
+            })
+            .collect();
+        if s.give_back {
+            let a = mem.store.give_back(&hits, now).await.unwrap();
+            let b = red.store.give_back(&hits, now).await.unwrap();
+            assert_eq!(a, b, "step {i} at {now}: {s:?}");
+        } else {
+            let a = mem.store.take(&hits, None, now).await.unwrap();
+            let b = red.store.take(&hits, None, now).await.unwrap();
+            assert_eq!(a, b, "step {i} at {now}: {s:?}");
+        }
+    }
+}
+
+/// 2027-03-27 00:00 UTC: Europe's DST change is the next night, March
+/// ends four days later, and New York's comes in the autumn run below.
+const MARCH_2027: u64 = 1_806_105_600_000;
+/// 2027-10-30 00:00 UTC: Europe's DST ends the next night, New York's a
+/// week later; October and then a week end in between.
+const OCTOBER_2027: u64 = 1_824_854_400_000;
+
+/// A month-long Redis key expires when its month ends (in its zone), not
+/// 30 days on: the TTL is the window's own.
+async fn a_calendar_windows_key_expires_at_its_end(s: &Subject) {
+    let berlin = Zone::parse("Europe/Berlin").unwrap();
+    let month = Limit {
+        zone: berlin,
+        ..Limit::new(10, Period::Month, Algorithm::FixedWindow)
+    };
+    let h = Hit {
+        key: "tg:{ttl}:m".into(),
+        counter: Counter::Rate(month),
+        cost: 1,
+        enforce: true,
+    };
+    let now = MARCH_2027;
+    let o = s.store.take(&[h.clone()], None, now).await.unwrap();
+    // March in Berlin ends at 2027-03-31 22:00 UTC (CEST, UTC+2).
+    let end = MARCH_2027 + 4 * 86_400_000 + 22 * 3_600_000;
+    assert_eq!(o.hits[0].reset_after_ms, end - now);
+    if let Some(ttl) = s.pttl(&counter_key(&h.key, &h.counter, now)).await {
+        let want = (end - now) as i64;
+        assert!(
+            (want - 5_000..=want).contains(&ttl),
+            "PTTL {ttl} ms, window ends in {want} ms"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Calendar windows (zones, DST, weeks, months, money) agree too,
+    /// over runs that cross their boundaries.
+    #[test]
+    fn memory_and_redis_agree_on_calendar_windows(
+        steps in prop::collection::vec(calendar_step(), 1..60),
+        autumn in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let start = if autumn { OCTOBER_2027 } else { MARCH_2027 };
+        rt.block_on(agree("cal", &calendar_counters(), &steps, start));
+    }
 
     /// The same random calls at the same times give the same answers.
     #[test]

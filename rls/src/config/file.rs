@@ -98,6 +98,7 @@ pub(crate) struct LlmView {
     pub max_wait_cap: Option<Spanned<String>>,
     pub max_message_timeout: Option<Spanned<String>>,
     pub model_header: Option<String>,
+    pub currency: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +110,17 @@ pub(crate) struct ModelView {
     #[serde(default)]
     pub fallback: Vec<String>,
     pub max_wait: Option<Spanned<String>>,
+    pub price: Option<Spanned<PriceView>>,
+}
+
+/// Prices per million tokens, as written (`input = 2.50`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PriceView {
+    pub input: f64,
+    pub output: f64,
+    /// Defaults to `input`.
+    pub cached_input: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,10 +130,25 @@ pub(crate) struct QuotaView {
     #[serde(rename = "match")]
     pub matchers: Option<Spanned<BTreeMap<String, String>>>,
     pub tokens_per_minute: Option<u64>,
+    pub tokens_per_hour: Option<u64>,
     pub tokens_per_day: Option<u64>,
+    pub tokens_per_week: Option<u64>,
+    pub tokens_per_month: Option<u64>,
     pub requests_per_minute: Option<u64>,
+    pub requests_per_hour: Option<u64>,
     pub requests_per_day: Option<u64>,
+    pub requests_per_week: Option<u64>,
+    pub requests_per_month: Option<u64>,
+    /// Money, in the currency's units (`1.50`).
+    pub spend_per_minute: Option<f64>,
+    pub spend_per_hour: Option<f64>,
+    pub spend_per_day: Option<f64>,
+    pub spend_per_week: Option<f64>,
+    pub spend_per_month: Option<f64>,
     pub max_concurrent: Option<u64>,
+    /// Whose midnights start its days, weeks and months.
+    pub time_zone: Option<Spanned<String>>,
+    pub warn_at: Option<Spanned<f64>>,
     pub algorithm: Option<Spanned<String>>,
     pub count: Option<Spanned<CountView>>,
     pub on_error: Option<Spanned<String>>,

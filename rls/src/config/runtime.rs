@@ -1,3 +1,4 @@
+use super::redis_url::redacted_url;
 use crate::rules::{FailurePolicy, LeasePolicy, LlmConfig, RuleSet};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -82,10 +83,12 @@ pub enum LogFormat {
 }
 
 /// Where counters live.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     /// `redis://` or `rediss://` URL; for a cluster, several URLs.
+    /// Serialized masked (they may carry a password).
+    #[serde(serialize_with = "redacted_urls")]
     pub urls: Vec<String>,
     /// A Redis Cluster (also implied by several URLs).
     pub cluster: bool,
@@ -97,6 +100,26 @@ pub struct StoreConfig {
     pub timeout: Duration,
     pub on_error: FailurePolicy,
     pub tls: StoreTlsFiles,
+}
+
+fn redacted_urls<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redacted_url(u)))
+}
+
+/// URLs may carry a password: `Debug` shows them masked.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redacted_url(u)).collect();
+        f.debug_struct("StoreConfig")
+            .field("kind", &self.kind)
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {
@@ -128,5 +151,25 @@ mod humantime_serde_compat {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_are_masked_in_debug_and_serialized() {
+        let c = StoreConfig {
+            kind: StoreKind::Redis,
+            urls: vec!["redis://app:S3cr3tPW@h:6379".into()],
+            ..StoreConfig::default()
+        };
+        let debug = format!("{c:?}");
+        let json = serde_json::to_string(&c).unwrap();
+        for shown in [debug, json] {
+            assert!(!shown.contains("S3cr3tPW"), "{shown}");
+            assert!(shown.contains("redis://app:***@h:6379"), "{shown}");
+        }
     }
 }

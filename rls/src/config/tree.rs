@@ -19,7 +19,7 @@ use toml::Spanned;
 
 /// The top-level keys a file may have, in the order they are validated.
 pub(crate) const TOP_LEVEL: &[&str] = &[
-    "server", "store", "leases", "rule", "llm", "model", "quota", "class",
+    "server", "store", "leases", "rule", "llm", "model", "prices", "quota", "class",
 ];
 
 /// One file's top-level tables, parsed but not yet deserialized.

@@ -14,7 +14,8 @@ use super::validate_llm;
 use super::validate_tls;
 use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreConfig, StoreKind};
 use crate::rules::{
-    Algorithm, EntryPattern, FailurePolicy, Limit, LlmConfig, Period, Rule, RuleId, RuleSet,
+    Algorithm, EntryPattern, FailurePolicy, LeasePolicy, Limit, LlmConfig, Period, Rule, RuleId,
+    RuleSet,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,101 +24,26 @@ use toml::Spanned;
 
 pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
-    let mut server = None;
-    let mut store = None;
-    let mut leases = None;
-    let mut rules = Vec::new();
-    // Each rule's own `lease`, beside `rules`, resolved once `[leases]` is known.
-    let mut rule_leases = Vec::new();
-    let mut llm = LlmConfig::default();
-    let mut llm_set = false;
-    // `file:line` of each model, beside `llm.models`, for cross-checks.
-    let mut model_sources = Vec::new();
+    let mut parts = Parts::default();
     for src in sources {
-        let Some(mut doc) = Document::parse(src, &mut errors) else {
-            continue;
-        };
-        if let Some(s) = doc.table::<ServerView>(src, "server", &mut errors) {
-            if server.is_some() {
-                errors.push(src.error(
-                    s.view.span().start,
-                    "server",
-                    "[server] is set in two files",
-                ));
-            }
-            server = Some(server_config(src, s.view.into_inner(), &mut errors));
-        }
-        if let Some(s) = doc.table::<StoreView>(src, "store", &mut errors) {
-            if store.is_some() {
-                errors.push(src.error(s.view.span().start, "store", "[store] is set in two files"));
-            }
-            let url_dropped = s.dropped("url");
-            store = Some(store_config(
-                src,
-                s.view.into_inner(),
-                url_dropped,
-                &mut errors,
-            ));
-        }
-        if let Some(l) = doc.table::<LeasesView>(src, "leases", &mut errors) {
-            if leases.is_some() {
-                errors.push(src.error(
-                    l.view.span().start,
-                    "leases",
-                    "[leases] is set in two files",
-                ));
-            }
-            leases = Some(validate_leases::leases(
-                src,
-                l.view.into_inner(),
-                &mut errors,
-            ));
-        }
-        for (i, value) in doc.array(src, "rule", &mut errors).into_iter().enumerate() {
-            let before = errors.len();
-            if let Some(r) = tree::view::<RuleView>(src, "rule", value, &mut errors) {
-                let lease = r.view.get_ref().lease;
-                if let Some(rule) = rule(src, i, r.view, before, &mut errors) {
-                    rules.push(rule);
-                    rule_leases.push(lease);
-                }
-            }
-        }
-        if let Some(l) = doc.table::<LlmView>(src, "llm", &mut errors) {
-            if llm_set {
-                errors.push(src.error(l.view.span().start, "llm", "[llm] is set in two files"));
-            }
-            llm_set = true;
-            llm.settings = validate_llm::settings(src, l.view.into_inner(), &mut errors);
-        }
-        for value in doc.array(src, "model", &mut errors) {
-            if let Some(m) = tree::view::<ModelView>(src, "model", value, &mut errors) {
-                model_sources.push(format!("{}:{}", src.name, src.line_of(m.view.span().start)));
-                llm.models
-                    .push(validate_llm::model(src, m.view, &mut errors));
-            }
-        }
-        for value in doc.array(src, "quota", &mut errors) {
-            let before = errors.len();
-            if let Some(q) = tree::view::<QuotaView>(src, "quota", value, &mut errors) {
-                if let Some(q) = validate_llm::quota(src, q.view, before, &mut errors) {
-                    llm.quotas.push(q);
-                }
-            }
-        }
-        for value in doc.array(src, "class", &mut errors) {
-            if let Some(c) = tree::view::<ClassView>(src, "class", value, &mut errors) {
-                llm.classes
-                    .0
-                    .push(validate_llm::class(src, c.view, &mut errors));
-            }
-        }
+        parts.add_file(src, &mut errors);
     }
+    let Parts {
+        server,
+        store,
+        leases,
+        mut rules,
+        rule_leases,
+        llm,
+        model_sources,
+        ..
+    } = parts;
     let leases = leases.unwrap_or_default();
     for (rule, own) in rules.iter_mut().zip(rule_leases) {
         rule.lease = own.unwrap_or(leases.by_default);
     }
     validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
+    validate_llm::check_prices(&llm, &model_sources, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
     let rules = match RuleSet::new(rules.clone()) {
@@ -153,6 +79,102 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
         sources: Vec::new(),
         loaded_at: SystemTime::now(),
     })
+}
+
+/// What the files have given so far; several files make one config.
+#[derive(Default)]
+struct Parts {
+    server: Option<ServerConfig>,
+    store: Option<StoreConfig>,
+    leases: Option<LeasePolicy>,
+    rules: Vec<Rule>,
+    /// Each rule's own `lease`, beside `rules`, resolved once `[leases]`
+    /// is known.
+    rule_leases: Vec<Option<bool>>,
+    llm: LlmConfig,
+    llm_set: bool,
+    /// `file:line` of each model, beside `llm.models`, for cross-checks.
+    model_sources: Vec<String>,
+}
+
+impl Parts {
+    /// Reads one file's tables, each on its own (`tree`), and validates
+    /// each; errors are pushed and the rest goes on.
+    fn add_file(&mut self, src: &Source, errors: &mut Vec<ConfigError>) {
+        let Some(mut doc) = Document::parse(src, errors) else {
+            return;
+        };
+        if let Some(s) = doc.table::<ServerView>(src, "server", errors) {
+            if self.server.is_some() {
+                errors.push(src.error(
+                    s.view.span().start,
+                    "server",
+                    "[server] is set in two files",
+                ));
+            }
+            self.server = Some(server_config(src, s.view.into_inner(), errors));
+        }
+        if let Some(s) = doc.table::<StoreView>(src, "store", errors) {
+            if self.store.is_some() {
+                errors.push(src.error(s.view.span().start, "store", "[store] is set in two files"));
+            }
+            let url_dropped = s.dropped("url");
+            self.store = Some(store_config(src, s.view.into_inner(), url_dropped, errors));
+        }
+        if let Some(l) = doc.table::<LeasesView>(src, "leases", errors) {
+            if self.leases.is_some() {
+                errors.push(src.error(
+                    l.view.span().start,
+                    "leases",
+                    "[leases] is set in two files",
+                ));
+            }
+            self.leases = Some(validate_leases::leases(src, l.view.into_inner(), errors));
+        }
+        for (i, value) in doc.array(src, "rule", errors).into_iter().enumerate() {
+            let before = errors.len();
+            if let Some(r) = tree::view::<RuleView>(src, "rule", value, errors) {
+                let lease = r.view.get_ref().lease;
+                if let Some(rule) = rule(src, i, r.view, before, errors) {
+                    self.rules.push(rule);
+                    self.rule_leases.push(lease);
+                }
+            }
+        }
+        if let Some(l) = doc.table::<LlmView>(src, "llm", errors) {
+            if self.llm_set {
+                errors.push(src.error(l.view.span().start, "llm", "[llm] is set in two files"));
+            }
+            self.llm_set = true;
+            self.llm.settings = validate_llm::settings(src, l.view.into_inner(), errors);
+        }
+        for value in doc.array(src, "model", errors) {
+            if let Some(m) = tree::view::<ModelView>(src, "model", value, errors) {
+                let line = src.line_of(m.view.span().start);
+                self.model_sources.push(format!("{}:{line}", src.name));
+                self.llm
+                    .models
+                    .push(validate_llm::model(src, m.view, errors));
+            }
+        }
+        validate_llm::prices(src, &mut doc, &mut self.llm, errors);
+        for value in doc.array(src, "quota", errors) {
+            let before = errors.len();
+            if let Some(q) = tree::view::<QuotaView>(src, "quota", value, errors) {
+                self.llm
+                    .quotas
+                    .extend(validate_llm::quota(src, q.view, before, errors));
+            }
+        }
+        for value in doc.array(src, "class", errors) {
+            if let Some(c) = tree::view::<ClassView>(src, "class", value, errors) {
+                self.llm
+                    .classes
+                    .0
+                    .push(validate_llm::class(src, c.view, errors));
+            }
+        }
+    }
 }
 
 fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> ServerConfig {
@@ -331,6 +353,7 @@ fn rule(
             amount: lv.requests,
             period,
             algorithm,
+            zone: crate::rules::Zone::Utc,
         };
         match limit.validate() {
             Ok(()) => limits.push(limit),

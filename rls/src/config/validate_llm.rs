@@ -1,13 +1,14 @@
 //! Validation of `[llm]`, `[[model]]` and `[[quota]]`.
 
 use super::error::Source;
-use super::file::{ClassView, CountView, LlmView, ModelView, QuotaView};
+use super::file::{ClassView, CountView, LlmView, ModelView, PriceView, QuotaView};
 use super::suggest::{self, COUNTS, ESTIMATORS, IDENTITY_KEYS, MAX_WAIT_WORDS, SETTLE_POLICIES};
+use super::tree::Document;
 use super::validate::{algorithm_of, failure_policy};
 use super::ConfigError;
 use crate::rules::{
-    Algorithm, Class, CountSpec, Estimator, IdentityKey, Limit, LlmSettings, MaxWait, Model,
-    Period, Quota, QuotaLimit, RuleId, SettlePolicy, ValuePattern,
+    micros, Algorithm, Class, CountSpec, Estimator, IdentityKey, Limit, LlmConfig, LlmSettings,
+    MaxWait, Model, Period, Price, Quota, QuotaLimit, RuleId, SettlePolicy, ValuePattern, Zone,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -113,6 +114,18 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
     if let Some(h) = v.model_header {
         s.model_header = h.to_ascii_lowercase();
     }
+    if let Some(c) = v.currency {
+        let code = c.get_ref().trim();
+        if code.is_empty() || code.len() > 8 || !code.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+            errors.push(src.error(
+                c.span().start,
+                "llm.currency",
+                format!("`{code}`: a currency code of up to 8 letters, like \"USD\" or \"EUR\""),
+            ));
+        } else {
+            s.currency = code.to_string();
+        }
+    }
     s
 }
 
@@ -187,6 +200,10 @@ pub(crate) fn model(src: &Source, v: Spanned<ModelView>, errors: &mut Vec<Config
         context_window: m.context_window.into_inner(),
         default_max_output: m.default_max_output.into_inner(),
         fallback: m.fallback,
+        price: m
+            .price
+            .as_ref()
+            .and_then(|p| price(src, p, "model.price", errors)),
     }
 }
 
@@ -201,106 +218,39 @@ pub(crate) fn quota(
     let at = v.span().start;
     let q = v.into_inner();
     let name = q.name.get_ref().trim().to_string();
-    let field = |f: &str| format!("quota.{f}");
     if name.is_empty() {
-        errors.push(src.error(q.name.span().start, field("name"), "must not be empty"));
+        errors.push(src.error(q.name.span().start, "quota.name", "must not be empty"));
     }
     let matchers = matchers(src, q.matchers.as_ref(), at, "quota.match", errors);
     let max_wait = max_wait(src, q.max_wait.as_ref(), "quota.max_wait", errors);
-    let mut algorithm = Algorithm::FixedWindow;
-    if let Some(a) = &q.algorithm {
-        match algorithm_of(a.get_ref()) {
-            Ok(x) => algorithm = x,
-            Err(e) => errors.push(src.error(a.span().start, field("algorithm"), e)),
-        }
-    }
-    let mut limits = Vec::new();
-    let mut rate = |amount: Option<u64>, period: Period, name: &str, tokens: bool| {
-        let Some(amount) = amount else { return };
-        let limit = Limit {
-            amount,
-            period,
-            algorithm,
-        };
-        match limit.validate() {
-            Ok(()) if tokens => limits.push(QuotaLimit::Tokens(limit)),
-            Ok(()) => limits.push(QuotaLimit::Requests(limit)),
-            Err(e) => errors.push(src.error(at, field(name), e)),
-        }
-    };
-    rate(
-        q.tokens_per_minute,
-        Period::Minute,
-        "tokens_per_minute",
-        true,
-    );
-    rate(q.tokens_per_day, Period::Day, "tokens_per_day", true);
-    rate(
-        q.requests_per_minute,
-        Period::Minute,
-        "requests_per_minute",
-        false,
-    );
-    rate(q.requests_per_day, Period::Day, "requests_per_day", false);
-    if let Some(max) = q.max_concurrent {
-        if max == 0 {
-            errors.push(src.error(at, field("max_concurrent"), "must be at least 1"));
-        }
-        limits.push(QuotaLimit::Concurrent { max });
-    }
+    let limits = quota_limits(src, &q, at, errors);
     if limits.is_empty() && errors.len() == before {
         errors.push(src.error(
             at,
-            field("tokens_per_minute"),
-            "a quota needs at least one of tokens_per_minute, tokens_per_day, \
-             requests_per_minute, requests_per_day, max_concurrent",
+            "quota.tokens_per_minute",
+            "a quota needs at least one limit: tokens_per_*, requests_per_* or spend_per_* \
+             (minute, hour, day, week, month), or max_concurrent",
         ));
     }
-    let count = match &q.count {
-        None => CountSpec::Total,
-        Some(c) => match c.get_ref() {
-            CountView::Name(n) => match n.as_str() {
-                "prompt" => CountSpec::Prompt,
-                "completion" => CountSpec::Completion,
-                "total" => CountSpec::Total,
-                other => {
-                    errors.push(src.error(
-                        c.span().start,
-                        field("count"),
-                        format!(
-                            "`{other}`: expected prompt, completion, total or {{ prompt = 1, completion = 4, cached = 0 }}{}",
-                            suggest::hint(other, COUNTS.iter().copied())
-                        ),
-                    ));
-                    CountSpec::Total
-                }
-            },
-            CountView::Weights(w) => {
-                if [w.prompt, w.completion, w.cached]
-                    .iter()
-                    .any(|x| !(0.0..=1000.0).contains(x))
-                {
-                    errors.push(src.error(
-                        c.span().start,
-                        field("count"),
-                        "weights must be between 0 and 1000",
-                    ));
-                }
-                CountSpec::Weights {
-                    prompt: w.prompt,
-                    completion: w.completion,
-                    cached: w.cached,
-                }
-            }
-        },
-    };
+    let count = count(src, q.count.as_ref(), errors);
     let mut on_error = None;
     if let Some(p) = &q.on_error {
         match failure_policy(p.get_ref()) {
             Ok(x) => on_error = Some(x),
-            Err(e) => errors.push(src.error(p.span().start, field("on_error"), e)),
+            Err(e) => errors.push(src.error(p.span().start, "quota.on_error", e)),
         }
     }
+    let warn_at = q.warn_at.as_ref().map(|w| {
+        let x = *w.get_ref();
+        if !(x > 0.0 && x < 1.0) {
+            errors.push(src.error(
+                w.span().start,
+                "quota.warn_at",
+                format!("{x}: a fraction of each limit, above 0 and below 1, like 0.8"),
+            ));
+        }
+        x
+    });
     if errors.len() > before {
         return None;
     }
@@ -312,7 +262,204 @@ pub(crate) fn quota(
         count,
         on_error,
         max_wait,
+        warn_at,
         source: format!("{}:{}", src.name, src.line_of(at)),
+    })
+}
+
+/// The periods a quota's `*_per_*` fields come in.
+const QUOTA_PERIODS: [Period; 5] = [
+    Period::Minute,
+    Period::Hour,
+    Period::Day,
+    Period::Week,
+    Period::Month,
+];
+
+/// A quota's limits: tokens, requests and spend per period, then
+/// concurrency. `algorithm` applies where windows have one length; days in
+/// a time zone, weeks and months always count calendar windows.
+fn quota_limits(
+    src: &Source,
+    q: &QuotaView,
+    at: usize,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<QuotaLimit> {
+    let mut algorithm = Algorithm::FixedWindow;
+    if let Some(a) = &q.algorithm {
+        match algorithm_of(a.get_ref()) {
+            Ok(x) => algorithm = x,
+            Err(e) => errors.push(src.error(a.span().start, "quota.algorithm", e)),
+        }
+    }
+    let zone = q
+        .time_zone
+        .as_ref()
+        .and_then(|z| time_zone(src, z, "quota.time_zone", errors))
+        .unwrap_or_default();
+    let tokens = [
+        q.tokens_per_minute,
+        q.tokens_per_hour,
+        q.tokens_per_day,
+        q.tokens_per_week,
+        q.tokens_per_month,
+    ];
+    let requests = [
+        q.requests_per_minute,
+        q.requests_per_hour,
+        q.requests_per_day,
+        q.requests_per_week,
+        q.requests_per_month,
+    ];
+    let spend = [
+        q.spend_per_minute,
+        q.spend_per_hour,
+        q.spend_per_day,
+        q.spend_per_week,
+        q.spend_per_month,
+    ];
+    let limit = |amount: u64, period: Period| Limit {
+        amount,
+        period,
+        algorithm: if period.is_fixed(zone) {
+            algorithm
+        } else {
+            Algorithm::FixedWindow
+        },
+        zone,
+    };
+    let mut limits = Vec::new();
+    let mut push = |l: QuotaLimit, errors: &mut Vec<ConfigError>| {
+        let (QuotaLimit::Tokens(x) | QuotaLimit::Requests(x) | QuotaLimit::Spend(x)) = l else {
+            return;
+        };
+        match x.validate() {
+            Ok(()) => limits.push(l),
+            Err(e) => errors.push(src.error(at, format!("quota.{}", l.field()), e)),
+        }
+    };
+    for (kind, amounts) in [(0, tokens), (1, requests)] {
+        for (amount, period) in amounts.into_iter().zip(QUOTA_PERIODS) {
+            let Some(amount) = amount else { continue };
+            let l = limit(amount, period);
+            push(
+                if kind == 0 {
+                    QuotaLimit::Tokens(l)
+                } else {
+                    QuotaLimit::Requests(l)
+                },
+                errors,
+            );
+        }
+    }
+    for (amount, period) in spend.into_iter().zip(QUOTA_PERIODS) {
+        let Some(amount) = amount else { continue };
+        let field = format!("quota.spend_per_{}", period.as_str());
+        match micros(amount) {
+            Ok(0) => errors.push(src.error(at, field, "must be more than 0")),
+            Ok(m) => push(QuotaLimit::Spend(limit(m, period)), errors),
+            Err(e) => errors.push(src.error(at, field, e.to_string())),
+        }
+    }
+    if let Some(max) = q.max_concurrent {
+        if max == 0 {
+            errors.push(src.error(at, "quota.max_concurrent", "must be at least 1"));
+        }
+        limits.push(QuotaLimit::Concurrent { max });
+    }
+    limits
+}
+
+/// An IANA time zone name (`Europe/Berlin`) or `UTC`.
+pub(crate) fn time_zone(
+    src: &Source,
+    z: &Spanned<String>,
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Zone> {
+    let name = z.get_ref().trim();
+    let zone = Zone::parse(name);
+    if zone.is_none() {
+        let names = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name());
+        errors.push(src.error(
+            z.span().start,
+            field,
+            format!(
+                "`{name}`: not an IANA time zone (like \"Europe/Berlin\" or \"UTC\"){}",
+                suggest::hint(name, names)
+            ),
+        ));
+    }
+    zone
+}
+
+/// A quota's `count`: a named count or weights.
+fn count(src: &Source, c: Option<&Spanned<CountView>>, errors: &mut Vec<ConfigError>) -> CountSpec {
+    let Some(c) = c else {
+        return CountSpec::Total;
+    };
+    match c.get_ref() {
+        CountView::Name(n) => match n.as_str() {
+            "prompt" => CountSpec::Prompt,
+            "completion" => CountSpec::Completion,
+            "total" => CountSpec::Total,
+            other => {
+                errors.push(src.error(
+                    c.span().start,
+                    "quota.count",
+                    format!(
+                        "`{other}`: expected prompt, completion, total or {{ prompt = 1, completion = 4, cached = 0 }}{}",
+                        suggest::hint(other, COUNTS.iter().copied())
+                    ),
+                ));
+                CountSpec::Total
+            }
+        },
+        CountView::Weights(w) => {
+            if [w.prompt, w.completion, w.cached]
+                .iter()
+                .any(|x| !(0.0..=1000.0).contains(x))
+            {
+                errors.push(src.error(
+                    c.span().start,
+                    "quota.count",
+                    "weights must be between 0 and 1000",
+                ));
+            }
+            CountSpec::Weights {
+                prompt: w.prompt,
+                completion: w.completion,
+                cached: w.cached,
+            }
+        }
+    }
+}
+
+/// A price per million tokens as micro-units per million.
+pub(crate) fn price(
+    src: &Source,
+    v: &Spanned<PriceView>,
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Price> {
+    let p = v.get_ref();
+    let mut one = |x: f64, what: &str| match micros(x) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            errors.push(src.error(v.span().start, format!("{field}.{what}"), e.to_string()));
+            None
+        }
+    };
+    let input = one(p.input, "input");
+    let output = one(p.output, "output");
+    let cached_input = match p.cached_input {
+        Some(c) => one(c, "cached_input"),
+        None => input,
+    };
+    Some(Price {
+        input: input?,
+        output: output?,
+        cached_input: cached_input?,
     })
 }
 
@@ -432,5 +579,266 @@ pub(crate) fn cross_check(
                 ));
             }
         }
+    }
+}
+
+/// `[prices]`: model name → price, beside (not instead of) the `[[model]]`
+/// tables; one price per model across all files.
+pub(crate) fn prices(
+    src: &Source,
+    doc: &mut Document<'_>,
+    llm: &mut LlmConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(table) = doc.table::<BTreeMap<String, Spanned<PriceView>>>(src, "prices", errors)
+    else {
+        return;
+    };
+    for (name, v) in table.view.into_inner() {
+        let field = format!("prices.{name}");
+        let Some(price) = price(src, &v, &field, errors) else {
+            continue;
+        };
+        if llm.prices.insert(name.clone(), price).is_some() {
+            errors.push(src.error(v.span().start, field, format!("`{name}` is priced twice")));
+        }
+    }
+}
+
+/// A model has one price, and every `[[model]]` a quota that limits spend
+/// may match has one (a model the config does not know is refused at
+/// request time instead).
+pub(crate) fn check_prices(llm: &LlmConfig, sources: &[String], errors: &mut Vec<ConfigError>) {
+    for (m, source) in llm.models.iter().zip(sources) {
+        if m.price.is_some() && llm.prices.contains_key(&m.name) {
+            errors.push(ConfigError::at(
+                source,
+                "model.price",
+                format!("`{}` has a price here and in [prices]; keep one", m.name),
+            ));
+        }
+    }
+    for q in llm.quotas.iter().filter(|q| q.limits_spend()) {
+        let models = q
+            .matchers
+            .iter()
+            .find(|(k, _)| *k == IdentityKey::Model)
+            .map(|(_, p)| p);
+        for m in &llm.models {
+            if models.is_some_and(|p| !p.matches(&m.name)) || llm.price(&m.name).is_some() {
+                continue;
+            }
+            errors.push(ConfigError::at(
+                &q.source,
+                "quota.spend",
+                format!(
+                    "quota `{}` limits spend, but model `{}` has no price: give its [[model]] \
+                     `price = {{ input = …, output = … }}` (per million tokens) or add it to [prices]",
+                    q.name, m.name
+                ),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_str;
+    use crate::rules::{Algorithm, Price, QuotaLimit, Zone};
+
+    fn errors(text: &str) -> Vec<String> {
+        parse_str("t.toml", text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    const PRICED: &str = r#"
+[llm]
+currency = "EUR"
+
+[[model]]
+name = "gpt-4o"
+context_window = 128000
+default_max_output = 4096
+price = { input = 2.50, output = 10, cached_input = 1.25 }
+
+[prices]
+"gpt-4o-mini" = { input = 0.15, output = 0.60 }
+
+[[quota]]
+name = "team-a"
+match = { tenant = "team-a" }
+spend_per_month = 500
+spend_per_day = 50.25
+tokens_per_week = 1000000
+requests_per_hour = 100
+time_zone = "Europe/Berlin"
+algorithm = "token_bucket"
+warn_at = 0.8
+"#;
+
+    #[test]
+    fn prices_and_money_limits_are_read_in_micro_units() {
+        let c = parse_str("t.toml", PRICED).unwrap();
+        let llm = &c.llm;
+        assert_eq!(llm.settings.currency, "EUR");
+        assert_eq!(
+            llm.price("gpt-4o"),
+            Some(&Price {
+                input: 2_500_000,
+                output: 10_000_000,
+                cached_input: 1_250_000
+            })
+        );
+        assert_eq!(
+            llm.price("gpt-4o-mini"),
+            Some(&Price {
+                input: 150_000,
+                output: 600_000,
+                cached_input: 150_000
+            }),
+            "cached input defaults to the input price"
+        );
+        assert_eq!(llm.price("claude"), None);
+        let q = &llm.quotas[0];
+        assert_eq!(q.warn_at, Some(0.8));
+        let berlin = Zone::parse("Europe/Berlin").unwrap();
+        let fields: Vec<(String, u64, Algorithm, Zone)> = q
+            .limits
+            .iter()
+            .map(|l| match l {
+                QuotaLimit::Tokens(x) | QuotaLimit::Requests(x) | QuotaLimit::Spend(x) => {
+                    (l.field(), x.amount, x.algorithm, x.zone)
+                }
+                QuotaLimit::Concurrent { max } => {
+                    (l.field(), *max, Algorithm::FixedWindow, Zone::Utc)
+                }
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (
+                    "tokens_per_week".to_string(),
+                    1_000_000,
+                    Algorithm::FixedWindow,
+                    berlin
+                ),
+                (
+                    "requests_per_hour".to_string(),
+                    100,
+                    Algorithm::TokenBucket,
+                    berlin
+                ),
+                (
+                    "spend_per_day".to_string(),
+                    50_250_000,
+                    Algorithm::FixedWindow,
+                    berlin
+                ),
+                (
+                    "spend_per_month".to_string(),
+                    500_000_000,
+                    Algorithm::FixedWindow,
+                    berlin
+                ),
+            ],
+            "a bucket where windows have one length; calendar windows elsewhere"
+        );
+        assert!(q.limits_spend());
+    }
+
+    #[test]
+    fn money_mistakes_are_named() {
+        let e = errors(
+            r#"
+[llm]
+currency = "US Dollar"
+
+[[model]]
+name = "m"
+context_window = 10
+default_max_output = 1
+
+[[model]]
+name = "n"
+context_window = 10
+default_max_output = 1
+price = { input = 1, output = 0.0000001 }
+
+[prices]
+"n" = { input = 1, output = 2 }
+"o" = { input = 1, output = 2, reasoning = 3 }
+"p" = { input = -1, output = 2 }
+
+[[quota]]
+name = "q"
+spend_per_day = 0
+spend_per_month = 1.1234567
+time_zone = "Europe/Berln"
+warn_at = 1.5
+
+[[quota]]
+name = "r"
+spend_per_day = 5
+"#,
+        );
+        let want = [
+            "t.toml:3: llm.currency: `US Dollar`: a currency code",
+            "t.toml:14: model.price.output: 0.0000001: at most 6 decimals",
+            "t.toml:18: prices.o.reasoning: unknown field `reasoning`",
+            "t.toml:19: prices.p.input: -1: must be a number of at least 0",
+            "t.toml:25: quota.time_zone: `Europe/Berln`: not an IANA time zone",
+            "did you mean `Europe/Berlin`?",
+            "t.toml:21: quota.spend_per_day: must be more than 0",
+            "t.toml:21: quota.spend_per_month: 1.1234567: at most 6 decimals",
+            "t.toml:26: quota.warn_at: 1.5: a fraction",
+            "t.toml:28: quota.spend: quota `r` limits spend, but model `m` has no price",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x.contains(w)), "{w:?} not in {e:#?}");
+        }
+    }
+
+    #[test]
+    fn a_model_is_priced_once_and_a_spend_quota_on_other_models_needs_no_price() {
+        let e = errors(
+            r#"
+[[model]]
+name = "m"
+context_window = 10
+default_max_output = 1
+price = { input = 1, output = 2 }
+
+[prices]
+m = { input = 1, output = 2 }
+"#,
+        );
+        assert!(
+            e.iter()
+                .any(|x| x.contains("model.price: `m` has a price here and in [prices]")),
+            "{e:#?}"
+        );
+        let ok = r#"
+[[model]]
+name = "m"
+context_window = 10
+default_max_output = 1
+
+[[model]]
+name = "p"
+context_window = 10
+default_max_output = 1
+price = { input = 1, output = 2 }
+
+[[quota]]
+name = "q"
+match = { model = "p" }
+spend_per_day = 5
+"#;
+        parse_str("t.toml", ok).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use super::reservation::Reservation;
 use super::Clock;
 use crate::metrics::Metrics;
 use crate::repeated::Repeats;
-use crate::rules::{FailurePolicy, Limit};
+use crate::rules::{Algorithm, FailurePolicy, Limit};
 use crate::store::TakeOutcome;
 use crate::store::{Counter, Hit, HitState, Hold, MemoryStore, SettleOp, Store, StoreError};
 use std::sync::Arc;
@@ -400,7 +400,7 @@ impl Counters {
                     FailurePolicy::Local => local_states.next(),
                     _ => None,
                 };
-                let state = state.unwrap_or_else(|| policy_state(hit, policy));
+                let state = state.unwrap_or_else(|| policy_state(hit, policy, now));
                 if state.over && hit.enforce {
                     admitted = false;
                 }
@@ -441,16 +441,18 @@ fn undo<O: Owner>(leases: &Leases, plan: &Plan<O>, local: &[Option<HitState>], n
 /// about this often.
 const POLICY_RETRY_MS: u64 = 1_000;
 
-/// The state `fail_open` or `fail_closed` answers for a hit.
-fn policy_state(hit: &Hit, policy: FailurePolicy) -> HitState {
-    let period = match hit.counter {
+/// The state `fail_open` or `fail_closed` answers for a hit: reset at the
+/// end of its window (a bucket: one period).
+fn policy_state(hit: &Hit, policy: FailurePolicy, now: u64) -> HitState {
+    let reset = match hit.counter {
+        Counter::Rate(l) if l.algorithm == Algorithm::FixedWindow => l.window(now).1 - now,
         Counter::Rate(l) => l.period.millis(),
         Counter::Slots { .. } => 0,
     };
     HitState {
         over: policy != FailurePolicy::FailOpen,
         remaining: 0,
-        reset_after_ms: period,
+        reset_after_ms: reset,
         retry_after_ms: POLICY_RETRY_MS,
     }
 }

@@ -30,7 +30,7 @@
 
 use crate::metrics::Metrics;
 use crate::rules::{Algorithm, LeasePolicy, Limit};
-use crate::store::{arith, keys, Counter, Hit, HitState};
+use crate::store::{keys, Counter, Hit, HitState};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -293,7 +293,7 @@ impl Leases {
 /// A fixed window's end; a bucket's slice has none.
 fn window_end(limit: &Limit, now: u64) -> Option<u64> {
     match limit.algorithm {
-        Algorithm::FixedWindow => Some(arith::window_start(limit, now) + limit.period.millis()),
+        Algorithm::FixedWindow => Some(limit.window(now).1),
         Algorithm::TokenBucket => None,
     }
 }

@@ -49,7 +49,7 @@ pub use ratelimit::{
 };
 pub use registry::keep_registered;
 pub use reservation::{
-    token_cost, CountRecord, LimitRecord, Reservation, SettlePlan, Settlement, Taken, TakenKind,
+    metered_cost, CountRecord, LimitRecord, Reservation, SettlePlan, Settlement, Taken, TakenKind,
 };
 
 use crate::metrics::Metrics;

@@ -8,7 +8,7 @@
 //! the current one, the concurrency slot freed.
 
 use super::error::RecordError;
-use crate::rules::{Algorithm, CountSpec, Limit, Period, Tokens};
+use crate::rules::{Algorithm, CountSpec, Limit, Period, Price, Tokens, Zone};
 use crate::store::SettleOp;
 use serde::{Deserialize, Serialize};
 
@@ -50,17 +50,57 @@ pub enum TakenKind {
         count: CountRecord,
     },
     Requests,
+    /// Money at the model's prices, in micro-units.
+    Spend {
+        limit: LimitRecord,
+        price: Price,
+    },
     Slot {
         max: u64,
     },
+}
+
+impl TakenKind {
+    /// What `tokens` cost under a token or spend entry (its limit, and the
+    /// cost); `None` for requests and slots, whose cost does not follow the
+    /// usage.
+    fn metered(&self, tokens: &Tokens) -> Option<(LimitRecord, u64)> {
+        match self {
+            TakenKind::Tokens { limit, count } => Some((*limit, count.cost(tokens))),
+            TakenKind::Spend { limit, price } => Some((*limit, price.cost(tokens))),
+            TakenKind::Requests | TakenKind::Slot { .. } => None,
+        }
+    }
 }
 
 /// `Limit` as stored in a record.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LimitRecord {
     pub amount: u64,
+    /// The period's usual length; what records written before calendar
+    /// periods carry alone.
     pub period_ms: u64,
     pub bucket: bool,
+    #[serde(default)]
+    pub period: Option<Period>,
+    #[serde(default, with = "zone_name")]
+    pub zone: Zone,
+}
+
+/// A zone in a record, by name; a record without one is UTC.
+mod zone_name {
+    use crate::rules::Zone;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(z: &Zone, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(z.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Zone, D::Error> {
+        let name = String::deserialize(d)?;
+        Zone::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown time zone `{name}`")))
+    }
 }
 
 /// `CountSpec` as stored in a record.
@@ -108,13 +148,18 @@ impl LimitRecord {
             amount: l.amount,
             period_ms: l.period.millis(),
             bucket: l.algorithm == Algorithm::TokenBucket,
+            period: Some(l.period),
+            zone: l.zone,
         }
     }
 
     fn to_limit(self) -> Option<Limit> {
-        let period = [Period::Second, Period::Minute, Period::Hour, Period::Day]
-            .into_iter()
-            .find(|p| p.millis() == self.period_ms)?;
+        let period = match self.period {
+            Some(p) => p,
+            None => [Period::Second, Period::Minute, Period::Hour, Period::Day]
+                .into_iter()
+                .find(|p| p.millis() == self.period_ms)?,
+        };
         Some(Limit {
             amount: self.amount,
             period,
@@ -123,16 +168,15 @@ impl LimitRecord {
             } else {
                 Algorithm::FixedWindow
             },
+            zone: self.zone,
         })
     }
 }
 
-/// What `tokens` cost under a token entry's count; 0 for other entries.
-pub fn token_cost(what: &TakenKind, tokens: &Tokens) -> u64 {
-    match what {
-        TakenKind::Tokens { count, .. } => count.cost(tokens),
-        _ => 0,
-    }
+/// What `tokens` cost under a token or spend entry (tokens by its count,
+/// micro-units at its price); 0 for other entries.
+pub fn metered_cost(what: &TakenKind, tokens: &Tokens) -> u64 {
+    what.metered(tokens).map_or(0, |(_, cost)| cost)
 }
 
 /// How a reservation ends.
@@ -167,35 +211,33 @@ impl Reservation {
     pub fn settle_plan(&self, actual: &Tokens) -> SettlePlan {
         let mut plan = SettlePlan::default();
         for t in &self.taken {
-            match t.what {
-                TakenKind::Tokens { limit, count } => {
-                    let Some(limit) = limit.to_limit() else {
-                        continue;
-                    };
-                    let used = count.cost(actual);
-                    if used < t.cost {
-                        plan.freed.push(t.base_key.clone());
-                        plan.ops.push(SettleOp::Refund {
-                            key: t.key.clone(),
-                            limit,
-                            cost: t.cost - used,
-                        });
-                    } else if used > t.cost {
-                        plan.ops.push(SettleOp::Charge {
-                            key: t.base_key.clone(),
-                            limit,
-                            cost: used - t.cost,
-                        });
-                    }
-                }
-                TakenKind::Requests => {}
-                TakenKind::Slot { max } => {
-                    plan.freed.push(t.base_key.clone());
-                    plan.ops.push(SettleOp::Release {
-                        key: t.key.clone(),
-                        max,
-                    })
-                }
+            if let TakenKind::Slot { max } = t.what {
+                plan.freed.push(t.base_key.clone());
+                plan.ops.push(SettleOp::Release {
+                    key: t.key.clone(),
+                    max,
+                });
+                continue;
+            }
+            let Some((record, used)) = t.what.metered(actual) else {
+                continue;
+            };
+            let Some(limit) = record.to_limit() else {
+                continue;
+            };
+            if used < t.cost {
+                plan.freed.push(t.base_key.clone());
+                plan.ops.push(SettleOp::Refund {
+                    key: t.key.clone(),
+                    limit,
+                    cost: t.cost - used,
+                });
+            } else if used > t.cost {
+                plan.ops.push(SettleOp::Charge {
+                    key: t.base_key.clone(),
+                    limit,
+                    cost: used - t.cost,
+                });
             }
         }
         plan
@@ -224,6 +266,7 @@ mod tests {
             amount: 1000,
             period: Period::Minute,
             algorithm: Algorithm::FixedWindow,
+            zone: crate::rules::Zone::Utc,
         }
     }
 

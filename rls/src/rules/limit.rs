@@ -5,26 +5,91 @@ use std::time::Duration;
 /// counter and scaled bucket level exact in a Lua number (a double).
 pub const MAX_COST: u64 = 1 << 40;
 
-/// The unit a limit counts per. Windows are aligned to the Unix epoch (UTC),
-/// as envoyproxy/ratelimit aligns them, so all instances agree on boundaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// The unit a limit counts per. Seconds, minutes and hours are aligned to
+/// the Unix epoch, as envoyproxy/ratelimit aligns them, so all instances
+/// agree on boundaries; days, weeks (from Monday), months (from the 1st)
+/// and years start at midnight in the limit's time zone (UTC by default),
+/// so their length follows the calendar (`calendar::window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     Second,
     Minute,
     Hour,
     Day,
+    Week,
+    Month,
+    Year,
+}
+
+/// The time zone whose midnights start a limit's days, weeks, months and
+/// years.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Zone {
+    #[default]
+    Utc,
+    Named(chrono_tz::Tz),
+}
+
+impl Zone {
+    /// An IANA name (`Europe/Berlin`), or `UTC`.
+    pub fn parse(s: &str) -> Option<Zone> {
+        if s.eq_ignore_ascii_case("utc") {
+            return Some(Zone::Utc);
+        }
+        s.parse::<chrono_tz::Tz>().ok().map(Zone::Named)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Zone::Utc => "UTC",
+            Zone::Named(tz) => tz.name(),
+        }
+    }
+}
+
+impl Serialize for Zone {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 impl Period {
-    /// Length of one period in milliseconds.
+    /// Whether windows of this period have one length whatever the date:
+    /// seconds, minutes, hours, and UTC days.
+    pub fn is_fixed(self, zone: Zone) -> bool {
+        self.fixed_millis(zone).is_some()
+    }
+
+    /// The length of every window, for a period whose windows are all as
+    /// long (see [`Period::is_fixed`]).
+    pub fn fixed_millis(self, zone: Zone) -> Option<u64> {
+        match (self, zone) {
+            (Period::Second | Period::Minute | Period::Hour, _) | (Period::Day, Zone::Utc) => {
+                Some(self.millis())
+            }
+            _ => None,
+        }
+    }
+
+    /// Length of one period in milliseconds; for weeks, months and years
+    /// the usual length (7, 30, 365 days): the calendar decides a window's
+    /// real length (`calendar::window`).
     pub fn millis(self) -> u64 {
         match self {
             Period::Second => 1_000,
             Period::Minute => 60_000,
             Period::Hour => 3_600_000,
             Period::Day => 86_400_000,
+            Period::Week => 7 * 86_400_000,
+            Period::Month => 30 * 86_400_000,
+            Period::Year => 365 * 86_400_000,
         }
+    }
+
+    /// The usual length, for the rare fallback with no calendar.
+    pub fn nominal_millis(self) -> u64 {
+        self.millis()
     }
 
     /// Time resolution of token-bucket refill. Milliseconds for short
@@ -33,7 +98,7 @@ impl Period {
     pub fn tick_millis(self) -> u64 {
         match self {
             Period::Second | Period::Minute => 1,
-            Period::Hour | Period::Day => 1_000,
+            _ => 1_000,
         }
     }
 
@@ -52,6 +117,9 @@ impl Period {
             Period::Minute => "minute",
             Period::Hour => "hour",
             Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+            Period::Year => "year",
         }
     }
 
@@ -61,6 +129,9 @@ impl Period {
             "minute" | "m" => Some(Period::Minute),
             "hour" | "h" => Some(Period::Hour),
             "day" | "d" => Some(Period::Day),
+            "week" | "w" => Some(Period::Week),
+            "month" => Some(Period::Month),
+            "year" | "y" => Some(Period::Year),
             _ => None,
         }
     }
@@ -95,15 +166,33 @@ impl Algorithm {
     }
 }
 
-/// One limit of a rule: `amount` per `period`, spent by `algorithm`.
+/// One limit of a rule: `amount` per `period` (in `zone`'s calendar),
+/// spent by `algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Limit {
     pub amount: u64,
     pub period: Period,
     pub algorithm: Algorithm,
+    /// Whose midnights start days, weeks, months and years.
+    pub zone: Zone,
 }
 
 impl Limit {
+    /// A limit in UTC.
+    pub fn new(amount: u64, period: Period, algorithm: Algorithm) -> Limit {
+        Limit {
+            amount,
+            period,
+            algorithm,
+            zone: Zone::Utc,
+        }
+    }
+
+    /// The window that holds `now_ms`, `[start, end)` in Unix ms.
+    pub fn window(&self, now_ms: u64) -> (u64, u64) {
+        super::calendar::window(self.period, self.zone, now_ms)
+    }
+
     /// The largest amount whose scaled bucket level stays exact in a double.
     pub fn max_amount(period: Period) -> u64 {
         (1u64 << 53) / period.ticks()
@@ -113,6 +202,12 @@ impl Limit {
     pub fn validate(&self) -> Result<(), String> {
         if self.amount == 0 {
             return Err("must be at least 1 (use `unlimited = true` for no limit)".into());
+        }
+        if self.algorithm == Algorithm::TokenBucket && !self.period.is_fixed(self.zone) {
+            return Err(format!(
+                "a token bucket refills at a fixed rate: per second, minute, hour or (UTC) day, not per {}",
+                self.period.as_str()
+            ));
         }
         let max = Limit::max_amount(self.period);
         if self.amount > max {
@@ -144,6 +239,7 @@ mod tests {
             amount: 0,
             period: Period::Minute,
             algorithm: Algorithm::FixedWindow,
+            zone: Zone::Utc,
         };
         assert!(l.validate().is_err());
         l.amount = Limit::max_amount(Period::Minute) + 1;

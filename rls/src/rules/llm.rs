@@ -3,8 +3,10 @@
 
 use super::class::{Classes, MaxWait};
 use super::identity::Identity;
+use super::price::Price;
 use super::quota::Quota;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A validated `[[model]]`.
@@ -16,6 +18,8 @@ pub struct Model {
     /// Tried in order when this model's quotas say no after waiting.
     pub fallback: Vec<String>,
     pub max_wait: Option<MaxWait>,
+    /// What its tokens cost; needed by quotas that limit spend.
+    pub price: Option<Price>,
 }
 
 /// What to charge for a request that ended without reported usage.
@@ -95,6 +99,9 @@ pub struct LlmSettings {
     /// Set on the upstream request to the model it goes to (after a
     /// fallback, the new one), for Envoy to route on.
     pub model_header: String,
+    /// The currency of every price and spend limit (a label: tollgate
+    /// converts nothing).
+    pub currency: String,
 }
 
 impl Default for LlmSettings {
@@ -116,6 +123,7 @@ impl Default for LlmSettings {
             // As in the shipped envoy/ext_proc.yaml.
             max_message_timeout: Duration::from_secs(60),
             model_header: "x-tollgate-model".into(),
+            currency: "USD".into(),
         }
     }
 }
@@ -137,11 +145,20 @@ pub struct LlmConfig {
     pub models: Vec<Model>,
     pub quotas: Vec<Quota>,
     pub classes: Classes,
+    /// `[prices]`: prices of models by name, `[[model]]` or not.
+    pub prices: BTreeMap<String, Price>,
 }
 
 impl LlmConfig {
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The price of a model: its `[[model]]`'s, else the `[prices]` table's.
+    pub fn price(&self, model: &str) -> Option<&Price> {
+        self.model(model)
+            .and_then(|m| m.price.as_ref())
+            .or_else(|| self.prices.get(model))
     }
 
     /// Every quota that applies to this identity, in config order.

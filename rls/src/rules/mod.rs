@@ -5,16 +5,19 @@
 //! * `rule`, `tree`, `limit`: envoyproxy/ratelimit-style rules and the
 //!   descriptor tree that finds the rule for a request descriptor.
 //! * `identity`, `quota`, `class`, `llm`: LLM quotas, priority classes and
-//!   models, matched on who is asking and for what.
+//!   models, matched on who is asking and for what; `price`: what tokens
+//!   cost, in integer micro-units.
 //! * `policy`: what to answer when the store fails; `lease`: which shared
 //!   budgets an instance leases slices of.
 
+mod calendar;
 mod class;
 mod identity;
 mod lease;
 mod limit;
 mod llm;
 mod policy;
+mod price;
 mod quota;
 mod rule;
 mod tree;
@@ -22,9 +25,10 @@ mod tree;
 pub use class::{Class, Classes, MaxWait};
 pub use identity::{Identity, IdentityKey, ValuePattern};
 pub use lease::LeasePolicy;
-pub use limit::{Algorithm, Limit, Period, MAX_COST};
+pub use limit::{Algorithm, Limit, Period, Zone, MAX_COST};
 pub use llm::{Estimator, LlmConfig, LlmSettings, Model, SettlePolicy};
 pub use policy::FailurePolicy;
+pub use price::{format_micros, micros, MoneyError, Price, MICROS};
 pub use quota::{CountSpec, Quota, QuotaLimit, Tokens};
 pub use rule::{EntryPattern, Rule, RuleId, RuleSet};
 pub use tree::RuleTree;

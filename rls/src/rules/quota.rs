@@ -3,6 +3,7 @@
 
 use super::class::MaxWait;
 use super::identity::{Identity, IdentityKey, ValuePattern};
+use super::price::format_micros;
 use super::{FailurePolicy, Limit, RuleId};
 use serde::Serialize;
 
@@ -58,7 +59,43 @@ impl CountSpec {
 pub enum QuotaLimit {
     Tokens(Limit),
     Requests(Limit),
-    Concurrent { max: u64 },
+    /// Money, in micro-units of `[llm] currency`, at the model's prices.
+    Spend(Limit),
+    Concurrent {
+        max: u64,
+    },
+}
+
+impl QuotaLimit {
+    /// The config field that sets it (`spend_per_day`): how a client, a
+    /// log line and a metric name it.
+    pub fn field(&self) -> String {
+        let (what, l) = match self {
+            QuotaLimit::Tokens(l) => ("tokens", l),
+            QuotaLimit::Requests(l) => ("requests", l),
+            QuotaLimit::Spend(l) => ("spend", l),
+            QuotaLimit::Concurrent { .. } => return "max_concurrent".into(),
+        };
+        format!("{what}_per_{}", l.period.as_str())
+    }
+
+    /// The field and its amount as configured (`spend_per_day = 1.00 USD`).
+    pub fn describe(&self, currency: &str) -> String {
+        let amount = match self {
+            QuotaLimit::Tokens(l) | QuotaLimit::Requests(l) => l.amount.to_string(),
+            QuotaLimit::Spend(l) => format!("{} {currency}", format_micros(l.amount)),
+            QuotaLimit::Concurrent { max } => max.to_string(),
+        };
+        format!("{} = {amount}", self.field())
+    }
+
+    /// The amount per window (or the slots), whatever it counts.
+    pub fn amount(&self) -> u64 {
+        match self {
+            QuotaLimit::Tokens(l) | QuotaLimit::Requests(l) | QuotaLimit::Spend(l) => l.amount,
+            QuotaLimit::Concurrent { max } => *max,
+        }
+    }
 }
 
 /// A validated `[[quota]]`.
@@ -72,10 +109,20 @@ pub struct Quota {
     pub on_error: Option<FailurePolicy>,
     /// How long a request this quota denies may wait for it.
     pub max_wait: Option<MaxWait>,
+    /// A soft limit: the fraction of a rate or spend limit whose crossing
+    /// is logged (once per window and key) and counted.
+    pub warn_at: Option<f64>,
     pub source: String,
 }
 
 impl Quota {
+    /// Whether a limit counts money (then requests need a priced model).
+    pub fn limits_spend(&self) -> bool {
+        self.limits
+            .iter()
+            .any(|l| matches!(l, QuotaLimit::Spend(_)))
+    }
+
     pub fn matches(&self, id: &Identity) -> bool {
         self.matchers
             .iter()
@@ -106,6 +153,28 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_named_by_their_field() {
+        use crate::rules::{Algorithm, Period};
+        let day = Limit::new(1_500_000, Period::Day, Algorithm::FixedWindow);
+        let week = Limit::new(70, Period::Week, Algorithm::FixedWindow);
+        assert_eq!(
+            QuotaLimit::Spend(day).describe("USD"),
+            "spend_per_day = 1.50 USD"
+        );
+        assert_eq!(
+            QuotaLimit::Tokens(week).describe("EUR"),
+            "tokens_per_week = 70"
+        );
+        assert_eq!(QuotaLimit::Requests(day).field(), "requests_per_day");
+        assert_eq!(
+            QuotaLimit::Concurrent { max: 3 }.describe("USD"),
+            "max_concurrent = 3"
+        );
+        assert_eq!(QuotaLimit::Concurrent { max: 3 }.amount(), 3);
+        assert_eq!(QuotaLimit::Spend(day).amount(), 1_500_000);
+    }
+
+    #[test]
     fn matching() {
         let q = Quota {
             id: RuleId::new("q", &[]),
@@ -118,6 +187,7 @@ mod tests {
             count: CountSpec::Total,
             on_error: None,
             max_wait: None,
+            warn_at: None,
             source: String::new(),
         };
         let mut id = Identity {

@@ -180,6 +180,7 @@ mod tests {
                 amount: 1,
                 period: Period::Second,
                 algorithm: Algorithm::FixedWindow,
+                zone: crate::rules::Zone::Utc,
             }],
             unlimited: false,
             shadow: false,

@@ -171,6 +171,9 @@ fn unit(p: Period) -> Unit {
         Period::Minute => Unit::Minute,
         Period::Hour => Unit::Hour,
         Period::Day => Unit::Day,
+        Period::Week => Unit::Week,
+        Period::Month => Unit::Month,
+        Period::Year => Unit::Year,
     }
 }
 

@@ -46,8 +46,10 @@ pub fn key_suffix(limit: &Limit, now_ms: u64) -> Option<u64> {
     }
 }
 
+/// The start of the fixed window holding `now_ms` (epoch-aligned, or a
+/// calendar day, week, month or year in the limit's zone).
 pub fn window_start(limit: &Limit, now_ms: u64) -> u64 {
-    now_ms - now_ms % limit.period.millis()
+    limit.window(now_ms).0
 }
 
 /// Applies `cost` to the counter (or only checks it, when `take` is false)
@@ -227,7 +229,7 @@ fn window_hit(limit: &Limit, cell: Option<&Cell>, cost: u64, take: bool, now_ms:
 }
 
 fn window_outcome(limit: &Limit, count: u64, over: bool, now_ms: u64) -> Outcome {
-    let end = window_start(limit, now_ms) + limit.period.millis();
+    let end = limit.window(now_ms).1;
     let reset = end - now_ms;
     Outcome {
         cell: Cell::Window { count },
@@ -323,6 +325,7 @@ mod tests {
             amount,
             period,
             algorithm,
+            zone: crate::rules::Zone::Utc,
         }
     }
 

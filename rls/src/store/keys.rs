@@ -5,6 +5,7 @@
 //! | rule counter                | `tg:{<rule id>}:<period><w\|b>:<v1>:…:<vn>[:<window s>]`    |
 //! | quota token counter         | `tg:{<quota id>}:t<period><w\|b>:<values>[:<window s>]`     |
 //! | quota request counter       | `tg:{<quota id>}:r<period><w\|b>:<values>[:<window s>]`     |
+//! | quota spend counter         | `tg:{<quota id>}:s<period><w\|b>:<values>[:<window s>]`     |
 //! | quota concurrency slots     | `tg:{<quota id>}:c:<values>`                               |
 //! | a class's share of any one  | `<that counter's key without window>:class=<class>[:<window s>]` |
 //! | ext_proc reservation record | `tg:{<first quota id>}:res:<reservation id>`               |
@@ -27,7 +28,7 @@
 //! the number of `:`-separated segments after the tag is fixed by the rule
 //! or quota: a value can never pose as a separator, a window or a class
 //! suffix. The segment after the tag names the kind (`res`, `rres`, `c`,
-//! `t…`, `r…`, or a bare period for rules), and rule and quota ids are
+//! `t…`, `r…`, `s…`, or a bare period for rules), and rule and quota ids are
 //! hashes of different inputs (`quota:` + name for quotas).
 
 use super::arith;
@@ -46,6 +47,7 @@ const PREFIX: &str = "tg:{";
 pub enum QuotaCounter<'a> {
     Tokens(&'a Limit),
     Requests(&'a Limit),
+    Spend(&'a Limit),
     Concurrent,
 }
 
@@ -84,11 +86,11 @@ pub fn quota_values<'v>(values: impl Iterator<Item = Option<&'v str>>) -> String
 pub fn quota_counter(quota: &RuleId, counter: QuotaCounter<'_>, values: &str) -> String {
     let mut key = tagged(quota, 16 + values.len());
     match counter {
-        QuotaCounter::Tokens(l) | QuotaCounter::Requests(l) => {
-            key.push(if matches!(counter, QuotaCounter::Tokens(_)) {
-                't'
-            } else {
-                'r'
+        QuotaCounter::Tokens(l) | QuotaCounter::Requests(l) | QuotaCounter::Spend(l) => {
+            key.push(match counter {
+                QuotaCounter::Tokens(_) => 't',
+                QuotaCounter::Spend(_) => 's',
+                _ => 'r',
             });
             key.push_str(l.period.as_str());
             key.push(algorithm_letter(l));
@@ -351,6 +353,7 @@ mod tests {
             amount: 10,
             period,
             algorithm,
+            zone: crate::rules::Zone::Utc,
         }
     }
 
@@ -366,6 +369,9 @@ mod tests {
         assert_eq!(values, "acme:");
         let t = quota_counter(&quota, QuotaCounter::Tokens(&day_bucket), &values);
         assert_eq!(t, format!("tg:{{{quota}}}:tdayb:acme:"));
+        let month = limit(Period::Month, Algorithm::FixedWindow);
+        let s = quota_counter(&quota, QuotaCounter::Spend(&month), &values);
+        assert_eq!(s, format!("tg:{{{quota}}}:smonthw:acme:"));
         let c = quota_counter(&quota, QuotaCounter::Concurrent, "acme");
         assert_eq!(c, format!("tg:{{{quota}}}:c:acme"));
         assert_eq!(class_share(&c, "a:b"), format!("{c}:class=a%3Ab"));
@@ -407,7 +413,16 @@ mod tests {
             let share = class_share(&base, class);
             keys.push((counter_key(&share, counter, now), Some(class.to_string())));
         };
-        for period in [Period::Second, Period::Minute, Period::Hour, Period::Day] {
+        let periods = [
+            Period::Second,
+            Period::Minute,
+            Period::Hour,
+            Period::Day,
+            Period::Week,
+            Period::Month,
+            Period::Year,
+        ];
+        for period in periods {
             for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
                 let l = limit(period, algorithm);
                 let counter = Counter::Rate(l);
@@ -421,6 +436,10 @@ mod tests {
                 );
                 both(
                     quota_counter(id, QuotaCounter::Requests(&l), &joined),
+                    &counter,
+                );
+                both(
+                    quota_counter(id, QuotaCounter::Spend(&l), &joined),
                     &counter,
                 );
             }
@@ -488,6 +507,14 @@ mod tests {
         );
         assert_eq!(values.split(2), Some((vec!["a:b".into(), "".into()], None)));
         assert_eq!(values.split(3), None, "another quota's shape");
+        // A money budget for a UTC month: the window starts on the 1st
+        // (2023-11-01 00:00 UTC for 2023-11-14).
+        let month = limit(Period::Month, Algorithm::FixedWindow);
+        let base = quota_counter(&quota, QuotaCounter::Spend(&month), "acme");
+        let key = counter_key(&base, &Counter::Rate(month), 1_700_000_059_999);
+        let (segment, _, values, window) = rate_parts(&key);
+        assert_eq!((segment.as_str(), window), ("smonthw", Some(1_698_796_800)));
+        assert_eq!(values.split(1), Some((vec!["acme".into()], None)));
         let c = class_share(
             &quota_counter(&quota, QuotaCounter::Concurrent, "x"),
             "gold",
@@ -531,17 +558,31 @@ mod tests {
         fn counter_keys_parse_back_into_what_built_them(
             values in prop::collection::vec("[a-z:%=]{0,4}|class=[a-z]{0,2}|%3A|%25", 0..4),
             class in prop::option::of("[a-z:=%]{0,3}"),
-            period in prop::sample::select(vec![Period::Second, Period::Minute, Period::Hour, Period::Day]),
+            period in prop::sample::select(vec![
+                Period::Second, Period::Minute, Period::Hour, Period::Day,
+                Period::Week, Period::Month, Period::Year,
+            ]),
             bucket in any::<bool>(),
+            berlin in any::<bool>(),
             now in 0u64..4_000_000_000_000,
         ) {
-            let algorithm = if bucket { Algorithm::TokenBucket } else { Algorithm::FixedWindow };
-            let l = limit(period, algorithm);
+            let zone = if berlin {
+                crate::rules::Zone::parse("Europe/Berlin").expect("a zone")
+            } else {
+                crate::rules::Zone::Utc
+            };
+            // A token bucket needs a fixed-length period.
+            let algorithm = if bucket && period.is_fixed(zone) {
+                Algorithm::TokenBucket
+            } else {
+                Algorithm::FixedWindow
+            };
+            let l = Limit { zone, ..limit(period, algorithm) };
             let counter = Counter::Rate(l);
             let window = arith::key_suffix(&l, now);
             let quota = RuleId::new("quota:q", &[]);
             let joined = quota_values(values.iter().map(|v| Some(v.as_str())));
-            for which in [QuotaCounter::Tokens(&l), QuotaCounter::Requests(&l)] {
+            for which in [QuotaCounter::Tokens(&l), QuotaCounter::Requests(&l), QuotaCounter::Spend(&l)] {
                 let mut base = quota_counter(&quota, which, &joined);
                 if let Some(c) = &class {
                     base = class_share(&base, c);

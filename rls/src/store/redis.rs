@@ -16,7 +16,7 @@
 
 mod listing;
 
-use super::arith::{self, HitState};
+use super::arith::HitState;
 use super::redis_errors::classify;
 use super::redis_link::{Backend, Conn, Link};
 use super::TakeOutcome;
@@ -61,14 +61,13 @@ fn push_spec(
     now_ms: u64,
 ) {
     let (algorithm, amount, ticks, tick_ms, anchor) = match counter {
+        // A window's length is this window's (a calendar month is 28 to 31
+        // days): the script reads `ticks * tick_ms` as the length.
         Counter::Rate(l) => match l.algorithm {
-            Algorithm::FixedWindow => (
-                0,
-                l.amount,
-                l.period.ticks(),
-                l.period.tick_millis(),
-                arith::window_start(l, now_ms),
-            ),
+            Algorithm::FixedWindow => {
+                let (start, end) = l.window(now_ms);
+                (0, l.amount, 1, end - start, start)
+            }
             Algorithm::TokenBucket => (
                 1,
                 l.amount,
@@ -112,16 +111,18 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let bad = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         // The freed-capacity subscription talks to the same nodes, the same way.
+        // Validation parses every URL as the client does, so a failure here
+        // is unexpected: refuse the store rather than lose the wake-ups.
         let subscribers = urls
             .iter()
-            .filter_map(|u| {
+            .map(|u| {
                 match &tls {
                     Some(certs) => redis::Client::build_with_tls(u.as_str(), certs.clone()),
                     None => redis::Client::open(u.as_str()),
                 }
-                .ok()
+                .map_err(bad)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let backend = if cluster || urls.len() > 1 {
             let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
             if let Some(certs) = tls {
@@ -448,6 +449,7 @@ const PROBE_LIMIT: Limit = Limit {
     amount: 1_000_000,
     period: Period::Second,
     algorithm: Algorithm::FixedWindow,
+    zone: crate::rules::Zone::Utc,
 };
 
 /// A state for a hit whose slot was never asked (an earlier one denied).

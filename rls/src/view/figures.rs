@@ -3,13 +3,14 @@
 //! (`store::arith`, asked to check a cost of 0): whatever a window, a
 //! bucket or a period means there, it means here.
 
+use crate::rules::format_micros;
 use crate::rules::Limit;
 use crate::store::arith::{self, Cell};
 use crate::store::Counter;
 use serde::Serialize;
 
 /// A counter's figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Figures {
     /// Taken in the current window, or the bucket's missing level (debt
     /// included), or slots held; reservations in flight included.
@@ -27,6 +28,36 @@ pub struct Figures {
     /// slots (they free when requests end).
     pub reset_after_ms: Option<u64>,
     pub reset_unix_ms: Option<u64>,
+    /// A money budget's figures (the ones above are micro-units) as
+    /// decimals of the currency, for a person: `1.25`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub money: Option<Money>,
+}
+
+/// A money counter's figures as decimals of the currency
+/// (`rules::price::format_micros`), as tollgate's 429 names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Money {
+    pub used: Option<String>,
+    pub reserved: String,
+    pub spent: Option<String>,
+    pub limit: Option<String>,
+    pub remaining: Option<String>,
+}
+
+impl Figures {
+    /// The same figures, with their decimals of the currency beside them.
+    pub fn in_money(mut self) -> Figures {
+        let m = |n: Option<u64>| n.map(format_micros);
+        self.money = Some(Money {
+            used: m(self.used),
+            reserved: format_micros(self.reserved),
+            spent: m(self.spent),
+            limit: m(self.limit),
+            remaining: m(self.remaining),
+        });
+        self
+    }
 }
 
 /// The figures of `counter` holding `cell` (`None`: no key, nothing
@@ -65,6 +96,7 @@ pub fn of(counter: &Counter, cell: Option<&Cell>, reserved: u64, now_ms: u64) ->
         remaining: Some(remaining),
         reset_after_ms: reset,
         reset_unix_ms: reset.map(|r| now_ms.saturating_add(r)),
+        money: None,
     }
 }
 
@@ -93,6 +125,7 @@ pub fn of_share(counter: &Counter, cell: Option<&Cell>, reserved: u64, now_ms: u
         remaining: None,
         reset_after_ms: reset,
         reset_unix_ms: reset.map(|r| now_ms.saturating_add(r)),
+        money: None,
     }
 }
 
@@ -133,6 +166,7 @@ mod tests {
             amount: 10,
             period: Period::Minute,
             algorithm: Algorithm::FixedWindow,
+            zone: crate::rules::Zone::Utc,
         };
         let f = of(&Counter::Rate(l), Some(&Cell::Window { count: 4 }), 3, T);
         assert_eq!(
@@ -157,6 +191,7 @@ mod tests {
             amount: 60,
             period: Period::Minute,
             algorithm: Algorithm::TokenBucket,
+            zone: crate::rules::Zone::Utc,
         };
         let ticks = Period::Minute.ticks() as i64;
         let tick = T / Period::Minute.tick_millis();

@@ -29,6 +29,8 @@ pub struct OwnedLimit {
     /// The key segment naming this limit (`tminutew`); `None` for
     /// concurrency slots, whose keys have no limit segment.
     pub segment: Option<String>,
+    /// A money budget: its figures are micro-units of the currency.
+    pub money: bool,
 }
 
 /// One owner of keys.
@@ -126,6 +128,7 @@ fn quota_counter(limit: &QuotaLimit) -> (Counter, QuotaCounter<'_>) {
     match limit {
         QuotaLimit::Tokens(l) => (Counter::Rate(*l), QuotaCounter::Tokens(l)),
         QuotaLimit::Requests(l) => (Counter::Rate(*l), QuotaCounter::Requests(l)),
+        QuotaLimit::Spend(l) => (Counter::Rate(*l), QuotaCounter::Spend(l)),
         QuotaLimit::Concurrent { max } => (Counter::Slots { max: *max }, QuotaCounter::Concurrent),
     }
 }
@@ -162,6 +165,7 @@ fn quota(q: &Quota) -> Owner {
                 kind: kind_name(l),
                 counter,
                 segment,
+                money: matches!(l, QuotaLimit::Spend(_)),
             }
         })
         .collect();
@@ -195,6 +199,7 @@ fn rule(r: &Rule) -> Owner {
                 kind: "requests".into(),
                 segment: segment(&keys::rule_counter(&r.id, l, std::iter::empty()), &counter),
                 counter,
+                money: false,
             }
         })
         .collect();

@@ -10,9 +10,11 @@
 //! (`figures`). An answer cut by the budget says so (`scan.complete`).
 
 use super::figures::{self, Figures};
-use super::owners::{Owner, OwnerKind, Owners};
+use super::owners::{OwnedLimit, Owner, OwnerKind, Owners};
 use crate::config::Config;
 use crate::engine::Reservation;
+use crate::rules::format_micros;
+use crate::rules::Zone;
 use crate::store::arith::Cell;
 use crate::store::keys::{KeyKind, ParsedKey};
 use crate::store::{counter_key, Counter, LiveKey, ScanQuery, Store, StoreError};
@@ -112,7 +114,18 @@ pub struct LimitView {
     pub kind: String,
     pub period: Option<&'static str>,
     pub algorithm: Option<&'static str>,
+    /// The IANA zone of a calendar period (`day`, `week`, `month`,
+    /// `year`) counted in one; `None` in UTC or for a fixed-length period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// In micro-units of `currency` for a money budget.
     pub limit: u64,
+    /// A money budget's currency (`[llm] currency`), and its limit as a
+    /// decimal of it (`500.00`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_money: Option<String>,
 }
 
 /// One key in use: the values that name it (a tenant, a model, ...), and
@@ -172,13 +185,14 @@ pub async fn quotas(
     for live in scanned.keys {
         place(&owners, live, now_ms, &mut found, &mut report);
     }
+    let currency = config.llm.settings.currency.as_str();
     let quotas = owners
         .list
         .iter()
         .zip(found)
         .enumerate()
         .filter(|(i, (o, _))| only.is_none_or(|only| only == *i) && keeps(o, &filters))
-        .map(|(_, (o, budgets))| owner_view(o, budgets, &held, &filters, now_ms))
+        .map(|(_, (o, budgets))| owner_view(o, budgets, &held, &filters, currency, now_ms))
         .collect();
     Ok(Answer {
         store: store.kind(),
@@ -296,6 +310,7 @@ fn owner_view(
     budgets: HashMap<Budget, Cells>,
     held: &Held,
     filters: &Filters,
+    currency: &str,
     now_ms: u64,
 ) -> OwnerView {
     let mut keys: Vec<(f64, u64, String, KeyView)> = budgets
@@ -315,9 +330,14 @@ fn owner_view(
                 .map(|(limit, cell)| {
                     let reserved = cell.as_ref().map_or(0, |(key, _)| held.on(key));
                     let cell = cell.as_ref().map(|(_, c)| c);
-                    match class {
+                    let f = match class {
                         None => figures::of(&limit.counter, cell, reserved, now_ms),
                         Some(_) => figures::of_share(&limit.counter, cell, reserved, now_ms),
+                    };
+                    if limit.money {
+                        f.in_money()
+                    } else {
+                        f
                     }
                 })
                 .collect();
@@ -373,24 +393,33 @@ fn owner_view(
         limits: owner
             .limits
             .iter()
-            .map(|l| match l.counter {
-                Counter::Rate(r) => LimitView {
-                    kind: l.kind.clone(),
-                    period: Some(r.period.as_str()),
-                    algorithm: Some(r.algorithm.as_str()),
-                    limit: r.amount,
-                },
-                Counter::Slots { max } => LimitView {
-                    kind: l.kind.clone(),
-                    period: None,
-                    algorithm: None,
-                    limit: max,
-                },
-            })
+            .map(|l| limit_view(l, currency))
             .collect(),
         in_flight: held.by_owner.get(&owner.name).map_or(0, HashSet::len),
         keys_in_use: in_use,
         keys: keys.into_iter().map(|(_, _, _, k)| k).collect(),
+    }
+}
+
+/// One limit as configured, a money budget's in its currency too.
+fn limit_view(l: &OwnedLimit, currency: &str) -> LimitView {
+    let (period, algorithm, time_zone, limit) = match l.counter {
+        Counter::Rate(r) => (
+            Some(r.period.as_str()),
+            Some(r.algorithm.as_str()),
+            (r.zone != Zone::Utc).then(|| r.zone.name().to_string()),
+            r.amount,
+        ),
+        Counter::Slots { max } => (None, None, None, max),
+    };
+    LimitView {
+        kind: l.kind.clone(),
+        period,
+        algorithm,
+        time_zone,
+        limit,
+        currency: l.money.then(|| currency.to_string()),
+        limit_money: l.money.then(|| format_micros(limit)),
     }
 }
 

@@ -31,6 +31,21 @@ pub struct Subject {
     pub _redis: Servers,
 }
 
+impl Subject {
+    /// A key's TTL in ms as the single Redis reports it; `None` for the
+    /// memory store and the cluster (whose scripts are the same).
+    #[allow(dead_code)]
+    pub async fn pttl(&self, key: &str) -> Option<i64> {
+        match &self._redis {
+            Servers::Redis(r) => {
+                let out = r.cli(&["PTTL", key]);
+                Some(out.trim().parse().expect("PTTL answers a number"))
+            }
+            _ => None,
+        }
+    }
+}
+
 pub async fn memory() -> Subject {
     Subject {
         store: Arc::new(MemoryStore::new()),

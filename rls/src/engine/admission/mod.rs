@@ -4,9 +4,9 @@
 //! [`Admission::admit`] runs the stages in order, each of which may answer:
 //!
 //! ```text
-//! read body ─▶ model ─▶ context ─▶ class ─▶ candidates ─▶ reserve or wait ─▶ fallback ─▶ deny
-//!   413/400     400       400                (model +        (budget::wait)    (next         429
-//!                                             fallbacks)                        candidate)
+//! read body ─▶ model ─▶ context ─▶ class ─▶ priced ─▶ candidates ─▶ reserve or wait ─▶ fallback ─▶ deny
+//!   413/400     400       400                  400      (model +        (budget::wait)    (next         429
+//!                                                        fallbacks)                        candidate)
 //! ```
 //!
 //! A new stage (a capacity marketplace, say) is one more step in
@@ -68,6 +68,9 @@ impl Admission {
         }
         let mut identity = ask.identity.clone();
         let class = stages::class(llm, &mut identity);
+        if let Err(r) = stages::priced(llm, &identity, &first) {
+            return Outcome::Rejected(r);
+        }
         let candidates = stages::candidates(llm, first, &request);
         let latest = ask.deadline.min(Instant::now() + llm.settings.max_wait_cap);
         let wait = Wait {

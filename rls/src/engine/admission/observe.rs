@@ -4,7 +4,7 @@
 
 use super::outcome::{Admitted, Finished, Outcome, Rejection, ResponseEnd};
 use super::stages::OTHER_MODEL;
-use crate::engine::reservation::{token_cost, Settlement, TakenKind};
+use crate::engine::reservation::{metered_cost, Settlement, TakenKind};
 use crate::metrics::Metrics;
 
 /// Counts (and logs) how admission answered.
@@ -43,8 +43,10 @@ fn admitted(m: &Metrics, a: &Admitted) {
         estimate.prompt + estimate.completion,
     );
     for t in &a.reservation.taken {
-        if matches!(t.what, TakenKind::Tokens { .. }) {
-            m.quota_tokens(&t.quota, "reserved", t.cost);
+        match t.what {
+            TakenKind::Tokens { .. } => m.quota_tokens(&t.quota, "reserved", t.cost),
+            TakenKind::Spend { .. } => m.quota_spend(&t.quota, "reserved", t.cost),
+            TakenKind::Requests | TakenKind::Slot { .. } => {}
         }
     }
 }
@@ -63,6 +65,10 @@ fn rejected(m: &Metrics, r: &Rejection) {
         Rejection::ContextExceeded { model_label, .. } => {
             m.llm_request(model_label, "context_exceeded")
         }
+        Rejection::Unpriced { model_label, quota } => {
+            m.llm_request(model_label, "unpriced");
+            tracing::warn!(model = %model_label, quota = %quota, "request refused: its model has no price and the quota limits spend");
+        }
         Rejection::Internal => {
             m.llm_request(OTHER_MODEL, "internal_error");
             m.internal_error("request_parse");
@@ -71,7 +77,7 @@ fn rejected(m: &Metrics, r: &Rejection) {
 }
 
 /// Counts what a settlement charged against what was reserved: per model
-/// in raw tokens, per quota in the quota's own count.
+/// in raw tokens, per quota in the quota's own count and in money.
 pub(super) fn finished(
     m: &Metrics,
     a: &Admitted,
@@ -93,11 +99,14 @@ pub(super) fn finished(
     m.llm_tokens(label, "refunded", est.saturating_sub(used));
     m.llm_tokens(label, "overage", used.saturating_sub(est));
     for t in &a.reservation.taken {
-        if let TakenKind::Tokens { .. } = t.what {
-            let cost = token_cost(&t.what, &actual);
-            m.quota_tokens(&t.quota, "refunded", t.cost.saturating_sub(cost));
-            m.quota_tokens(&t.quota, "overage", cost.saturating_sub(t.cost));
-        }
+        let record: fn(&Metrics, &str, &str, u64) = match t.what {
+            TakenKind::Tokens { .. } => Metrics::quota_tokens,
+            TakenKind::Spend { .. } => Metrics::quota_spend,
+            TakenKind::Requests | TakenKind::Slot { .. } => continue,
+        };
+        let cost = metered_cost(&t.what, &actual);
+        record(m, &t.quota, "refunded", t.cost.saturating_sub(cost));
+        record(m, &t.quota, "overage", cost.saturating_sub(t.cost));
     }
     m.llm_settled(match finished {
         Finished::Settled(how) => how.as_str(),

@@ -93,6 +93,8 @@ pub enum Rejection {
         prompt: u64,
         output: u64,
     },
+    /// The model has no price and a quota of the request limits spend.
+    Unpriced { model_label: String, quota: String },
     /// tollgate failed reading the request (a bug): nothing was taken.
     Internal,
 }

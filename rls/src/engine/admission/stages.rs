@@ -41,6 +41,31 @@ pub(super) fn model(llm: &LlmConfig, request: &LlmRequest) -> Result<Candidate, 
     }
 }
 
+/// A model whose requests a quota limits in money must have a price:
+/// without one the budget could not be kept, so the request is refused
+/// (the config check makes sure every `[[model]]` such a quota matches has
+/// one; this catches models the config does not know).
+pub(super) fn priced(llm: &LlmConfig, id: &Identity, model: &Candidate) -> Result<(), Rejection> {
+    if llm.price(&model.name).is_some() {
+        return Ok(());
+    }
+    let id = Identity {
+        model: model.name.clone(),
+        ..id.clone()
+    };
+    let spending = llm
+        .quotas_for(&id)
+        .find(|q| q.limits_spend())
+        .map(|q| q.name.clone());
+    match spending {
+        Some(quota) => Err(Rejection::Unpriced {
+            model_label: model.label.clone(),
+            quota,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The prompt, and the output it asks for, fit the model's context.
 pub(super) fn context(model: &Candidate, request: &LlmRequest) -> Result<(), Rejection> {
     let prompt = request.prompt_tokens_estimate;

@@ -2,8 +2,10 @@
 //! when it does not fit, settle the actual usage when its response ends.
 //!
 //! A reservation takes every limit of every matching quota in one
-//! all-or-nothing step (tokens at the estimate, requests at 1, a
-//! concurrency slot; `plan`), and leaves a record with a TTL in the store.
+//! all-or-nothing step (tokens at the estimate, requests at 1, money at the
+//! model's prices, a concurrency slot; `plan`), and leaves a record with a
+//! TTL in the store. A take that crosses a quota's `warn_at` is reported
+//! (`warn`).
 //! A request that finds no capacity waits in the line of the counter that
 //! said no (`wait`, `queue`); classes may divide each budget (`shares`).
 //! Settling refunds unused tokens into the window or bucket they came from,
@@ -16,6 +18,7 @@ mod queue;
 mod shares;
 mod view;
 mod wait;
+mod warn;
 
 use plan::ReservationPlan;
 
@@ -23,6 +26,7 @@ pub use queue::{Ticket, WaitLines, Woken};
 pub use shares::{adjust, cap, ClassRatio, Shares, Tuning, Use};
 pub use view::{BudgetView, Remaining};
 pub use wait::{WaitFor, Waited};
+pub use warn::SoftLimits;
 
 use super::counters::{AnsweredBy, Counters, Took};
 use super::reservation::{Reservation, Settlement, Taken};
@@ -63,6 +67,8 @@ pub struct Budgets {
     lines: Arc<WaitLines>,
     /// Class shares of budgets.
     shares: Arc<Shares>,
+    /// Soft-limit crossings reported.
+    soft: Arc<SoftLimits>,
 }
 
 impl Budgets {
@@ -71,6 +77,7 @@ impl Budgets {
             counters,
             lines: Arc::default(),
             shares: Arc::default(),
+            soft: Arc::default(),
         }
     }
 
@@ -155,12 +162,16 @@ impl Budgets {
         }
         let headers = view::of(&plan.hits, &took.outcome.hits);
         if took.outcome.admitted {
+            let m = self.counters.metrics();
+            let currency = &llm.settings.currency;
+            self.soft
+                .observe(m, currency, &plan.hits, &took.outcome.hits, now);
             Reserved::Admitted {
                 reservation,
                 headers,
             }
         } else {
-            denial(&plan, &took, headers)
+            denial(&plan, &took, headers, &llm.settings.currency)
         }
     }
 
@@ -254,12 +265,24 @@ fn reservation_of(
 
 /// The denial of a plan the store (or the policy) said no to: the quota
 /// and counter that said no longest, which is where to wait.
-fn denial(plan: &ReservationPlan<'_>, took: &Took, headers: BudgetView) -> Reserved {
+fn denial(
+    plan: &ReservationPlan<'_>,
+    took: &Took,
+    mut headers: BudgetView,
+    currency: &str,
+) -> Reserved {
     let binding = plan
         .hits
         .with_states(&took.outcome.hits)
         .filter(|(h, _, st)| st.over && h.enforce)
         .max_by_key(|(_, _, st)| st.retry_after_ms);
+    if let Some((_, p, _)) = &binding {
+        let limit = p.limit.describe(currency);
+        headers.denied_by = Some(match p.class_cap {
+            Some(_) => format!("{limit}, the class's share of it"),
+            None => limit,
+        });
+    }
     let (quota, retry, mut line, on_release) = match binding {
         Some((h, p, st)) => (
             p.quota.name.clone(),

@@ -8,8 +8,8 @@ use crate::engine::counters::Owner;
 use crate::engine::plan::Plan;
 use crate::engine::reservation::{LimitRecord, TakenKind};
 use crate::rules::{
-    Class, FailurePolicy, Identity, IdentityKey, Limit, LlmConfig, Quota, QuotaLimit, Tokens,
-    MAX_COST,
+    Class, FailurePolicy, Identity, IdentityKey, Limit, LlmConfig, Price, Quota, QuotaLimit,
+    Tokens, MAX_COST,
 };
 use crate::store::keys::{self, QuotaCounter};
 use crate::store::{Counter, Hit, HitState};
@@ -18,6 +18,8 @@ use crate::store::{Counter, Hit, HitState};
 #[derive(Clone)]
 pub(crate) struct Part<'c> {
     pub quota: &'c Quota,
+    /// Which of the quota's limits.
+    pub limit: &'c QuotaLimit,
     pub kind: TakenKind,
     /// The class's cap when this is a class share of the quota's limit.
     pub class_cap: Option<u64>,
@@ -83,13 +85,16 @@ pub(crate) fn plan<'c>(
             .limits
             .iter()
             .map(|l| match l {
-                QuotaLimit::Tokens(l) | QuotaLimit::Requests(l) => (l.amount, Use::Rate),
+                QuotaLimit::Tokens(l) | QuotaLimit::Requests(l) | QuotaLimit::Spend(l) => {
+                    (l.amount, Use::Rate)
+                }
                 QuotaLimit::Concurrent { max } => (*max, Use::Slots),
             })
             .collect();
         let ratio = split.map(|c| shares.ratio(&budget, &llm.classes, c, &uses, now));
+        let price = llm.price(&id.model);
         for limit in &q.limits {
-            let (counter, cost, kind, which) = hit_of(q, limit, &estimate);
+            let (counter, cost, kind, which) = hit_of(q, limit, price, &estimate);
             let key = keys::quota_counter(&q.id, which, &values);
             let cost = cost.min(MAX_COST);
             let mut push = |key: String, counter, kind, class_cap| {
@@ -101,6 +106,7 @@ pub(crate) fn plan<'c>(
                 };
                 let part = Part {
                     quota: q,
+                    limit,
                     kind,
                     class_cap,
                     budget: budget.clone(),
@@ -121,13 +127,31 @@ pub(crate) fn plan<'c>(
 }
 
 /// One limit of a quota as a counter, its cost for `estimate`, the record
-/// of what it takes, and its key's kind.
+/// of what it takes, and its key's kind. A spend limit needs the model's
+/// price: admission refuses an unpriced model before it plans
+/// (`stages::priced`), and a plan without one could never fit.
 fn hit_of<'l>(
     q: &Quota,
     limit: &'l QuotaLimit,
+    price: Option<&Price>,
     estimate: &Tokens,
 ) -> (Counter, u64, TakenKind, QuotaCounter<'l>) {
     match limit {
+        QuotaLimit::Spend(l) => {
+            let (cost, price) = match price {
+                Some(p) => (p.cost(estimate), *p),
+                None => (MAX_COST, Price::default()),
+            };
+            (
+                Counter::Rate(*l),
+                cost,
+                TakenKind::Spend {
+                    limit: LimitRecord::from_limit(l),
+                    price,
+                },
+                QuotaCounter::Spend(l),
+            )
+        }
         QuotaLimit::Tokens(l) => (
             Counter::Rate(*l),
             q.count.cost(estimate),
@@ -162,6 +186,10 @@ fn class_share(counter: Counter, kind: TakenKind, ratio: f64) -> (Counter, Taken
                 TakenKind::Tokens { count, .. } => TakenKind::Tokens {
                     limit: LimitRecord::from_limit(&limit),
                     count,
+                },
+                TakenKind::Spend { price, .. } => TakenKind::Spend {
+                    limit: LimitRecord::from_limit(&limit),
+                    price,
                 },
                 other => other,
             };

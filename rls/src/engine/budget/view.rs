@@ -7,11 +7,17 @@ use crate::engine::reservation::TakenKind;
 use crate::store::{Counter, HitState};
 use std::time::Duration;
 
-/// The tightest token and request budgets after a decision.
+/// The tightest token, request and spend budgets after a decision, and
+/// on a denial the limit that said no.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BudgetView {
     pub tokens: Option<Remaining>,
     pub requests: Option<Remaining>,
+    /// In micro-units of the currency.
+    pub spend: Option<Remaining>,
+    /// The quota limit that denied, as its config field and amount
+    /// (`spend_per_day = 1.00 USD`), for the client's 429.
+    pub denied_by: Option<String>,
 }
 
 /// One budget's limit, what is left of it, and when it is whole again.
@@ -32,6 +38,7 @@ pub(super) fn of(hits: &Plan<Part<'_>>, states: &[HitState]) -> BudgetView {
         let slot = match part.kind {
             TakenKind::Tokens { .. } => &mut v.tokens,
             TakenKind::Requests => &mut v.requests,
+            TakenKind::Spend { .. } => &mut v.spend,
             TakenKind::Slot { .. } => continue,
         };
         let r = Remaining {

@@ -4,7 +4,7 @@
 
 use super::reply;
 use crate::engine::{Admitted, BudgetView, Denied, Rejection};
-use crate::rules::LlmSettings;
+use crate::rules::{format_micros, LlmSettings};
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -64,10 +64,16 @@ pub(super) fn denied(provider: Provider, d: &Denied) -> ProcessingResponse {
     let secs = d.retry_after.as_millis().div_ceil(1000).max(1);
     let mut h = budget_headers(&d.budget);
     h.push(reply::header("retry-after", secs.to_string()));
-    let msg = format!(
-        "rate limit reached for quota `{}`; retry in {secs}s",
-        d.quota
-    );
+    let msg = match &d.budget.denied_by {
+        Some(limit) => format!(
+            "rate limit reached for quota `{}` ({limit}); retry in {secs}s",
+            d.quota
+        ),
+        None => format!(
+            "rate limit reached for quota `{}`; retry in {secs}s",
+            d.quota
+        ),
+    };
     reply::immediate(
         429,
         h,
@@ -98,6 +104,11 @@ pub(super) fn rejected(provider: Provider, r: &Rejection) -> ProcessingResponse 
                 "this model's maximum context length is {context} tokens; the request needs about {prompt} (prompt) + {output} (output)"
             ),
         ),
+        Rejection::Unpriced { quota, .. } => (
+            400,
+            ErrorKind::InvalidRequest,
+            format!("this model has no price, and quota `{quota}` limits spend"),
+        ),
         Rejection::Internal => (
             500,
             ErrorKind::ServiceUnavailable,
@@ -112,18 +123,27 @@ pub(super) fn rejected(provider: Provider, r: &Rejection) -> ProcessingResponse 
     )
 }
 
-/// `x-ratelimit-*` headers in OpenAI's naming.
+/// `x-ratelimit-*` headers in OpenAI's naming; spend (which OpenAI has no
+/// header for) in the same shape, as a decimal of the currency.
 fn budget_headers(b: &BudgetView) -> Vec<HeaderValueOption> {
     let mut h = Vec::new();
-    for (what, r) in [("tokens", b.tokens), ("requests", b.requests)] {
+    for (what, r) in [
+        ("tokens", b.tokens),
+        ("requests", b.requests),
+        ("spend", b.spend),
+    ] {
         if let Some(r) = r {
+            let amount = |n: u64| match what {
+                "spend" => format_micros(n),
+                _ => n.to_string(),
+            };
             h.push(reply::header(
                 &format!("x-ratelimit-limit-{what}"),
-                r.limit.to_string(),
+                amount(r.limit),
             ));
             h.push(reply::header(
                 &format!("x-ratelimit-remaining-{what}"),
-                r.remaining.to_string(),
+                amount(r.remaining),
             ));
             h.push(reply::header(
                 &format!("x-ratelimit-reset-{what}"),
