@@ -20,7 +20,7 @@ const ESTIMATE_MICROS: u64 = 40_020;
 const BUDGET_MICROS: u64 = 1_000_000;
 const BURST: usize = 60;
 
-fn config(store: &str) -> String {
+fn config(store: &str, ietf: bool) -> String {
     format!(
         r#"
 [server]
@@ -34,6 +34,7 @@ admin_listen = "127.0.0.1:0"
 estimator = "bytes"
 currency = "USD"
 max_wait = "0s"
+ietf_headers = {ietf}
 
 [[model]]
 name = "gpt-4o"
@@ -69,11 +70,13 @@ struct Stack {
     _upstream: MockLlm,
     client: reqwest::Client,
     admin: String,
+    /// `ietf_headers` is on.
+    ietf: bool,
 }
 
-fn stack(store: &str) -> Stack {
+fn stack(store: &str, ietf: bool) -> Stack {
     let upstream = MockLlm::start();
-    let tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), &config(store));
+    let tollgate = Tollgate::start(env!("CARGO_BIN_EXE_tollgate"), &config(store, ietf));
     let envoy = Envoy::start(
         "ext_proc.yaml",
         &[
@@ -83,6 +86,7 @@ fn stack(store: &str) -> Stack {
         ],
     );
     Stack {
+        ietf,
         admin: tollgate.admin_url(),
         _tollgate: tollgate,
         envoy,
@@ -225,6 +229,19 @@ async fn a_burst_never_reserves_more_than_the_budget(s: Stack) {
     );
     let remaining = micros_of(&header(&r, "x-ratelimit-remaining-spend").expect("header"));
     assert_eq!(remaining, BUDGET_MICROS - actual - ESTIMATE_MICROS);
+    // The IETF fields, when switched on, say the same in micro-units.
+    let reset = header(&r, "x-ratelimit-reset-spend").expect("header");
+    if s.ietf {
+        assert_eq!(
+            header(&r, "ratelimit-policy").as_deref(),
+            Some(r#""spend";q=1000000;qu="micro-usd";w=86400"#)
+        );
+        let expected = format!(r#""spend";r={remaining};t={}"#, reset.trim_end_matches('s'));
+        assert_eq!(header(&r, "ratelimit"), Some(expected));
+    } else {
+        assert_eq!(header(&r, "ratelimit-policy"), None, "off by default");
+        assert_eq!(header(&r, "ratelimit"), None);
+    }
     drop(r.text().await);
 
     // Spend the rest with requests that use all they reserve; then 429.
@@ -256,15 +273,22 @@ async fn a_burst_never_reserves_more_than_the_budget(s: Stack) {
 
 #[tokio::test]
 async fn money_budget_on_memory() {
-    a_burst_never_reserves_more_than_the_budget(stack(r#"kind = "memory""#)).await;
+    a_burst_never_reserves_more_than_the_budget(stack(r#"kind = "memory""#, true)).await;
 }
 
 #[tokio::test]
 async fn money_budget_on_redis() {
     let redis = RedisServer::start();
-    a_burst_never_reserves_more_than_the_budget(stack(&format!(
-        "kind = \"redis\"\nurl = \"{}\"",
-        redis.url()
-    )))
+    // The default 50 ms store timeout answers by `on_error` when a loaded
+    // machine is slow to run a script, and a script that ran after its
+    // caller gave up has still taken its estimate (seen once: 18 of 24
+    // admitted under load). The figures under test are the budget's.
+    a_burst_never_reserves_more_than_the_budget(stack(
+        &format!(
+            "kind = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"",
+            redis.url()
+        ),
+        false,
+    ))
     .await;
 }

@@ -28,13 +28,14 @@
 //!
 //! Beside them: `config` (TOML -> validated `Config`, read into the model
 //! of `rules`), `admin` (HTTP: health, readiness, metrics, config, and the
-//! HTTP check API for nginx), `metrics` (Prometheus families), `server`
+//! HTTP check API for nginx), `listen` (both listeners' connection limits), `metrics` (Prometheus families), `server`
 //! (build, serve, drain), `background` (every background task, one
 //! cancellation token), `watch` + `reload` (config hot reload), `tls` (the
 //! gRPC listener's certificates, reloaded when their files change; PEM for
 //! `rediss://`), `repeated` (log a repeating condition once, then
 //! summarise), `view` (the live view of budgets: `/quotas` and its
-//! page). Data flows one way: service -> engine -> store; the engine
+//! page), `vocabularies` (BPE tables built only for configured models).
+//! Data flows one way: service -> engine -> store; the engine
 //! never sees a proto type and a store never sees a rule.
 #![forbid(unsafe_code)]
 
@@ -43,6 +44,7 @@ pub mod app;
 pub mod background;
 pub mod config;
 pub mod engine;
+pub mod listen;
 pub mod metrics;
 pub mod reload;
 pub mod repeated;
@@ -52,4 +54,5 @@ pub mod service;
 pub mod store;
 pub mod tls;
 pub mod view;
+pub mod vocabularies;
 pub mod watch;

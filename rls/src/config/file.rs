@@ -16,6 +16,9 @@ pub(crate) struct ServerView {
     pub tls_cert: Option<Spanned<String>>,
     pub tls_key: Option<Spanned<String>>,
     pub tls_client_ca: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -89,6 +92,7 @@ pub(crate) struct LlmView {
     pub estimator: Option<Spanned<String>>,
     pub inject_stream_usage: Option<bool>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    pub max_buffered_bytes: Option<Spanned<u64>>,
     pub reservation_ttl: Option<Spanned<String>>,
     pub on_abort: Option<Spanned<String>>,
     pub on_upstream_error: Option<Spanned<String>>,
@@ -99,6 +103,7 @@ pub(crate) struct LlmView {
     pub max_message_timeout: Option<Spanned<String>>,
     pub model_header: Option<String>,
     pub currency: Option<Spanned<String>>,
+    pub ietf_headers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -230,6 +230,34 @@ fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> 
         );
     }
     c.tls = validate_tls::server(src, v.tls_cert, v.tls_key, v.tls_client_ca, errors);
+    for (field, value, out) in [
+        ("server.read_timeout", v.read_timeout, &mut c.read_timeout),
+        ("server.idle_timeout", v.idle_timeout, &mut c.idle_timeout),
+    ] {
+        if let Some(s) = value {
+            parse_into(src, &s, field, errors, out, |t| {
+                // Zero would close every connection at once; an hour is
+                // already no limit for a slow client.
+                duration(t).and_then(|d| {
+                    if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) {
+                        Ok(d)
+                    } else {
+                        Err(format!("`{t}`: between 100ms and 1h, like \"10s\""))
+                    }
+                })
+            });
+        }
+    }
+    if let Some(n) = v.max_connections {
+        match usize::try_from(*n.get_ref()) {
+            Ok(m) if (1..=1_000_000).contains(&m) => c.max_connections = m,
+            _ => errors.push(src.error(
+                n.span().start,
+                "server.max_connections",
+                format!("{}: between 1 and 1000000", n.get_ref()),
+            )),
+        }
+    }
     c
 }
 
@@ -716,5 +744,33 @@ limit = { requests = 2, per = "second" }
         let e = errors("[server]\ngrpc_listen = \"127.0.0.1:1\"\nadmin_listen = 9090\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("t.toml:3: server.admin_listen:"), "{e:?}");
+    }
+
+    #[test]
+    fn connection_limits_and_the_body_bound_are_read_and_checked() {
+        let c = parse_str(
+            "t.toml",
+            "[server]\nread_timeout = \"2s\"\nidle_timeout = \"1m\"\nmax_connections = 8\n\n[llm]\nmax_body_bytes = 2000\nmax_buffered_bytes = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.read_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 8);
+        assert_eq!(c.llm.settings.max_buffered_bytes, 5000);
+        // Unset, the bound is at least one body of the largest size.
+        let big = parse_str("t.toml", "[llm]\nmax_body_bytes = 100000000\n").unwrap();
+        assert_eq!(big.llm.settings.max_buffered_bytes, 100_000_000);
+        for (text, field) in [
+            ("[server]\nread_timeout = \"0s\"\n", "server.read_timeout"),
+            ("[server]\nidle_timeout = \"2h\"\n", "server.idle_timeout"),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[llm]\nmax_body_bytes = 2000\nmax_buffered_bytes = 1999\n",
+                "llm.max_buffered_bytes",
+            ),
+        ] {
+            let e = errors(text);
+            assert!(e.iter().any(|e| e.contains(field)), "{text}: {e:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod ext_proc;
 pub mod http_check;
+pub mod ietf_headers;
 pub mod ratelimit;
 
 pub use ext_proc::ExtProcGrpc;

@@ -160,7 +160,7 @@ impl Budgets {
                     .observed(budget, &llm.classes, &c.name, &seen, admitted, now);
             }
         }
-        let headers = view::of(&plan.hits, &took.outcome.hits);
+        let headers = view::of(&plan.hits, &took.outcome.hits, now);
         if took.outcome.admitted {
             let m = self.counters.metrics();
             let currency = &llm.settings.currency;

@@ -26,10 +26,13 @@ pub struct Remaining {
     pub limit: u64,
     pub remaining: u64,
     pub reset_after: Duration,
+    /// The length of the current window (a bucket: its period), for
+    /// clients that want the policy (`RateLimit-Policy`'s `w`).
+    pub window: Duration,
 }
 
 /// The view of a reservation's hits and what the store said of them.
-pub(super) fn of(hits: &Plan<Part<'_>>, states: &[HitState]) -> BudgetView {
+pub(super) fn of(hits: &Plan<Part<'_>>, states: &[HitState], now: u64) -> BudgetView {
     let mut v = BudgetView::default();
     for (hit, part, st) in hits.with_states(states) {
         let Counter::Rate(limit) = hit.counter else {
@@ -45,6 +48,10 @@ pub(super) fn of(hits: &Plan<Part<'_>>, states: &[HitState]) -> BudgetView {
             limit: limit.amount,
             remaining: st.remaining,
             reset_after: Duration::from_millis(st.reset_after_ms),
+            window: {
+                let (start, end) = limit.window(now);
+                Duration::from_millis(end - start)
+            },
         };
         if slot.is_none_or(|cur| r.remaining < cur.remaining) {
             *slot = Some(r);

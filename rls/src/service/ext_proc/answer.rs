@@ -5,6 +5,7 @@
 use super::reply;
 use crate::engine::{Admitted, BudgetView, Denied, Rejection};
 use crate::rules::{format_micros, LlmSettings};
+use crate::service::ietf_headers::{self, PolicyState};
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -29,7 +30,7 @@ pub(super) fn admitted(settings: &LlmSettings, a: &Admitted) -> ProcessingRespon
     // The response headers again, by name, for an Envoy that skips the
     // response headers message and adds them with the route's
     // `response_headers_to_add: %DYNAMIC_METADATA(tollgate:<name>)%`.
-    for h in response_headers(a) {
+    for h in response_headers(settings, a) {
         if let Some(v) = h.header {
             let value = String::from_utf8_lossy(&v.raw_value).into_owned();
             fields.push((v.key, Kind::StringValue(value)));
@@ -44,8 +45,8 @@ pub(super) fn admitted(settings: &LlmSettings, a: &Admitted) -> ProcessingRespon
 
 /// `x-ratelimit-*` and `x-tollgate-*` for the client's response: the
 /// budgets, the model served, the model it fell back from, the wait.
-pub(super) fn response_headers(a: &Admitted) -> Vec<HeaderValueOption> {
-    let mut h = budget_headers(&a.budget);
+pub(super) fn response_headers(settings: &LlmSettings, a: &Admitted) -> Vec<HeaderValueOption> {
+    let mut h = budget_headers(settings, &a.budget);
     if let Some(from) = &a.fallback_from {
         h.push(reply::header("x-tollgate-fallback-from", from.clone()));
     }
@@ -60,9 +61,9 @@ pub(super) fn response_headers(a: &Admitted) -> Vec<HeaderValueOption> {
 }
 
 /// 429 with `retry-after`, the budgets, and a body naming the quota.
-pub(super) fn denied(provider: Provider, d: &Denied) -> ProcessingResponse {
+pub(super) fn denied(settings: &LlmSettings, provider: Provider, d: &Denied) -> ProcessingResponse {
     let secs = d.retry_after.as_millis().div_ceil(1000).max(1);
-    let mut h = budget_headers(&d.budget);
+    let mut h = budget_headers(settings, &d.budget);
     h.push(reply::header("retry-after", secs.to_string()));
     let msg = match &d.budget.denied_by {
         Some(limit) => format!(
@@ -124,9 +125,14 @@ pub(super) fn rejected(provider: Provider, r: &Rejection) -> ProcessingResponse 
 }
 
 /// `x-ratelimit-*` headers in OpenAI's naming; spend (which OpenAI has no
-/// header for) in the same shape, as a decimal of the currency.
-fn budget_headers(b: &BudgetView) -> Vec<HeaderValueOption> {
+/// header for) in the same shape, as a decimal of the currency. With
+/// `ietf_headers`, the IETF fields too (spend in micro-units: the draft's
+/// quotas are integers).
+fn budget_headers(settings: &LlmSettings, b: &BudgetView) -> Vec<HeaderValueOption> {
     let mut h = Vec::new();
+    if settings.ietf_headers {
+        h.extend(ietf_fields(&settings.currency, b));
+    }
     for (what, r) in [
         ("tokens", b.tokens),
         ("requests", b.requests),
@@ -152,4 +158,37 @@ fn budget_headers(b: &BudgetView) -> Vec<HeaderValueOption> {
         }
     }
     h
+}
+
+/// `RateLimit-Policy` and `RateLimit`, one policy per budget kind.
+fn ietf_fields(currency: &str, b: &BudgetView) -> Vec<HeaderValueOption> {
+    let unit = |what: &str| match what {
+        "requests" => None,
+        "spend" => Some(format!("micro-{}", currency.to_ascii_lowercase())),
+        other => Some(other.to_string()),
+    };
+    let states: Vec<PolicyState> = [
+        ("tokens", b.tokens),
+        ("requests", b.requests),
+        ("spend", b.spend),
+    ]
+    .into_iter()
+    .filter_map(|(what, r)| {
+        r.map(|r| PolicyState {
+            name: what.to_string(),
+            quota: r.limit,
+            unit: unit(what),
+            window: r.window,
+            remaining: r.remaining,
+            reset_after: r.reset_after,
+        })
+    })
+    .collect();
+    match ietf_headers::fields(&states) {
+        Some((policy, state)) => vec![
+            reply::header("ratelimit-policy", policy),
+            reply::header("ratelimit", state),
+        ],
+        None => vec![],
+    }
 }
