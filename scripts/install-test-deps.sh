@@ -6,6 +6,9 @@
 # For the tests of deploy/: promtool (Debian's prometheus package) and
 # kubernetes-validate (PyPI, into $REPO/.venv; it brings PyYAML and
 # jsonschema); kubectl (for `kubectl kustomize`) is only checked for.
+# For the quota page test: chromium (Debian's) and node + npm, and
+# playwright-core (npm, into tests/browser/node_modules; it drives the
+# installed chromium and downloads no browser).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -18,6 +21,9 @@ have nginx || need+=(nginx-light)
 have wrk || need+=(wrk)
 have promtool || need+=(prometheus)
 have python3 || need+=(python3)
+have chromium || need+=(chromium)
+have node || need+=(nodejs)
+have npm || need+=(npm)
 # Debian splits venv (and its ensurepip) out of python3.
 if ! { have python3 && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
   need+=(python3-venv)
@@ -45,6 +51,13 @@ if ! "$kv" --version >/dev/null 2>&1; then
   "$kv" --version >/dev/null
 fi
 
+browser="$repo/tests/browser"
+if [ ! -d "$browser/node_modules/playwright-core" ]; then
+  echo "install-test-deps: npm ci (playwright-core) in $browser"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$browser" --prefer-offline \
+    --no-audit --no-fund --silent
+fi
+
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "install-test-deps: kubectl not found: the deploy_kubernetes tests need it (kubectl kustomize)" >&2
 fi
@@ -64,4 +77,5 @@ echo "install-test-deps: redis $(redis-server --version | sed -E 's/.* v=([^ ]+)
   "promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}')," \
   "kubernetes-validate $("$kv" --version 2>&1 | awk '{print $NF}')," \
   "kubectl $(kubectl version --client 2>/dev/null | awk '/Client Version/ {print $3}')," \
+  "chromium $(chromium --version 2>/dev/null | awk '{print $2}'), node $(node --version)," \
   "$(cargo --version 2>/dev/null || echo 'cargo missing: install Rust (https://rustup.rs)')"

@@ -34,10 +34,11 @@
 //! cancellation token), `watch` + `reload` (config hot reload), `tls` (the
 //! gRPC listener's certificates, reloaded when their files change; PEM for
 //! `rediss://`), `repeated` (log a repeating condition once, then
-//! summarise), `vocabularies` (BPE tables built only for configured
-//! models), `marketplace` (overflow capacity from an external
-//! marketplace, off by default: a stage of LLM admission). Data flows
-//! one way: service -> engine -> store; the engine
+//! summarise), `view` (the live view of budgets: `/quotas` and its
+//! page), `vocabularies` (BPE tables built only for configured models),
+//! `marketplace` (overflow capacity from an external marketplace, off by
+//! default: a stage of LLM admission). Data flows one way: service ->
+//! engine -> store; the engine
 //! never sees a proto type and a store never sees a rule.
 #![forbid(unsafe_code)]
 
@@ -56,5 +57,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod view;
 pub mod vocabularies;
 pub mod watch;

@@ -104,6 +104,7 @@ pub(crate) struct DomainView {
     pub counting: Option<Spanned<String>>,
     pub retry_after: Option<bool>,
     pub response_headers: Option<bool>,
+    pub ietf_headers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

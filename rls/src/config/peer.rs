@@ -267,6 +267,9 @@ pub(crate) fn modes(
         if let Some(h) = v.response_headers {
             mode.headers = h.then(|| s.headers.clone());
         }
+        if let Some(b) = v.ietf_headers {
+            mode.ietf_headers = b;
+        }
         out.insert(name, Arc::new(mode));
     }
     out

@@ -73,6 +73,9 @@ pub struct DomainMode {
     /// The peer's `NEAR_LIMIT_RATIO`: past this share of a limit a hit
     /// counts as near the limit (metrics only).
     pub near_limit_ratio: f32,
+    /// The IETF `RateLimit-Policy` / `RateLimit` fields on every answer
+    /// (tollgate's; off unless a `[[domain]]` turns them on).
+    pub ietf_headers: bool,
 }
 
 impl Default for DomainMode {
@@ -85,6 +88,7 @@ impl Default for DomainMode {
             quota_mode: false,
             dynamic_metadata: false,
             near_limit_ratio: 0.8,
+            ietf_headers: false,
         }
     }
 }

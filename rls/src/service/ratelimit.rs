@@ -1,6 +1,7 @@
 //! `envoy.service.ratelimit.v3.RateLimitService`, a drop-in for
 //! envoyproxy/ratelimit.
 
+use super::ietf_headers::{self, PolicyState};
 use crate::app::App;
 use crate::engine::{Check, Code, Decision, Descriptor, DescriptorResult};
 use crate::rules::{Algorithm, DomainMode, Limit, Period, Zone};
@@ -16,6 +17,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// Bounds on one request, so a bad client cannot make one decision huge.
@@ -188,6 +190,12 @@ pub fn response_for(decision: &Decision, mode: &DomainMode, check: &Check) -> Ra
         let secs = decision.retry_after().as_millis().div_ceil(1000).max(1);
         add("retry-after", secs.to_string());
     }
+    if mode.ietf_headers {
+        if let Some((policy, state)) = ietf_headers::fields(&ietf_policies(decision)) {
+            add("RateLimit-Policy", policy);
+            add("RateLimit", state);
+        }
+    }
     RateLimitResponse {
         overall_code: code(decision.code) as i32,
         statuses: decision.descriptors.iter().map(status).collect(),
@@ -215,6 +223,34 @@ fn peer_header_descriptor(decision: &Decision) -> Option<&DescriptorResult> {
         }
     }
     found
+}
+
+/// One IETF policy per descriptor that met a limit, named by its rule
+/// (`descriptor-N` when the rule has no name). The window (`w`) is given
+/// for fixed-length periods; a calendar month's varies, so it is left out.
+fn ietf_policies(decision: &Decision) -> Vec<PolicyState> {
+    decision
+        .descriptors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let m = d.limit.as_ref()?;
+            let name = if m.rule.is_empty() {
+                format!("descriptor-{i}")
+            } else {
+                m.rule.clone()
+            };
+            let window = m.limit.period.fixed_millis(m.limit.zone).unwrap_or(0);
+            Some(PolicyState {
+                name,
+                quota: m.limit.amount,
+                unit: None,
+                window: Duration::from_millis(window),
+                remaining: d.remaining,
+                reset_after: d.reset_after,
+            })
+        })
+        .collect()
 }
 
 /// Whole seconds until the descriptor's window resets, rounded up (the
@@ -422,5 +458,64 @@ mod tests {
         let c = check_from_proto(req("d", &[("k", "v")])).unwrap();
         assert_eq!(c.hits, 1);
         assert_eq!(c.descriptors[0].hits, None);
+    }
+
+    #[test]
+    fn ietf_fields_only_when_the_domain_asks_one_policy_per_limit() {
+        use crate::engine::MatchedLimit;
+        let descriptor = |rule: &str, amount, period, remaining, reset_s: u64| DescriptorResult {
+            code: Code::Ok,
+            limit: Some(MatchedLimit {
+                limit: Limit::new(amount, period, Algorithm::FixedWindow),
+                rule: rule.into(),
+            }),
+            remaining,
+            reset_after: Duration::from_millis(reset_s * 1000 - 400),
+            retry_after: Duration::ZERO,
+            quota: false,
+            metadata: None,
+        };
+        let decision = Decision {
+            code: Code::Ok,
+            descriptors: vec![
+                descriptor("per-tenant", 10, Period::Minute, 7, 30),
+                descriptor("", 1000, Period::Month, 999, 86_400),
+                DescriptorResult {
+                    limit: None,
+                    ..descriptor("", 1, Period::Minute, 0, 1)
+                },
+            ],
+        };
+        let check = Check {
+            domain: "d".into(),
+            descriptors: vec![],
+            hits: 1,
+        };
+        let headers = |mode: &DomainMode| -> Vec<(String, String)> {
+            response_for(&decision, mode, &check)
+                .response_headers_to_add
+                .into_iter()
+                .map(|h| (h.key, h.value))
+                .collect()
+        };
+        assert_eq!(headers(&DomainMode::default()), vec![], "off by default");
+        let on = DomainMode {
+            ietf_headers: true,
+            ..DomainMode::default()
+        };
+        assert_eq!(
+            headers(&on),
+            vec![
+                (
+                    "RateLimit-Policy".to_string(),
+                    r#""per-tenant";q=10;w=60, "descriptor-1";q=1000"#.to_string()
+                ),
+                (
+                    "RateLimit".to_string(),
+                    r#""per-tenant";r=7;t=30, "descriptor-1";r=999;t=86400"#.to_string()
+                ),
+            ],
+            "a calendar month has no one length: no w"
+        );
     }
 }

@@ -23,6 +23,7 @@
 //!   count of the changes it did not log and the state it is in.
 
 use super::{Grant, Hit, HitState, Hold, SettleOp, Store, StoreError, TakeOutcome};
+use super::{ScanQuery, Scanned};
 use crate::repeated::{LineBudget, Repeats};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -366,6 +367,16 @@ impl Store for Breaker {
         self.call(self.inner.announce_freed(keys)).await
     }
 
+    /// Not through the breaker's count: a slow look for the operator must
+    /// not open the circuit that decisions depend on. While the circuit is
+    /// open it is not even asked.
+    async fn scan(&self, query: &ScanQuery, now_ms: u64) -> Result<Scanned, StoreError> {
+        if !self.health.is_closed() {
+            return Err(StoreError::Unavailable("circuit open".into()));
+        }
+        self.inner.scan(query, now_ms).await
+    }
+
     fn freed_by_others(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<String>>> {
         self.inner.freed_by_others()
     }
@@ -450,6 +461,9 @@ mod tests {
         }
         async fn ping(&self) -> Result<(), StoreError> {
             self.answer()
+        }
+        async fn scan(&self, _: &ScanQuery, _: u64) -> Result<Scanned, StoreError> {
+            self.answer().map(|_| Scanned::default())
         }
         fn kind(&self) -> &'static str {
             "scripted"
@@ -536,6 +550,30 @@ mod tests {
             assert!(b.take(&[], None, 0).await.is_err());
         }
         assert_eq!(inner.calls(), FAILURES_TO_OPEN as usize);
+    }
+
+    #[tokio::test]
+    async fn scans_never_open_the_circuit_and_wait_while_it_is_open() {
+        let query = ScanQuery {
+            tag: None,
+            budget: 10,
+        };
+        let inner = Scripted::new(vec![], down);
+        let (b, health) = breaker(inner.clone(), Duration::from_secs(60));
+        for _ in 0..10 {
+            assert!(b.scan(&query, 0).await.is_err());
+        }
+        assert!(health.is_closed(), "failed looks are not outages");
+        assert_eq!(inner.calls(), 10, "and start no confirmation pings");
+        let _ = b.take(&[], None, 0).await;
+        settled(&health).await;
+        assert!(!health.is_closed());
+        let calls = inner.calls();
+        assert!(matches!(
+            b.scan(&query, 0).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert_eq!(inner.calls(), calls, "not asked while open");
     }
 
     #[tokio::test]

@@ -200,6 +200,147 @@ fn push_decimal(out: &mut String, mut n: u64) {
     out.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
+/// What a key names, read back from the key: the inverse of the builders
+/// above (`/quotas` lists live keys with it). The tag is the owner's id
+/// (map it back to a rule or quota through the config in force); how many
+/// value segments a counter has is the owner's to say, so the values are
+/// split from a class suffix with [`Segments::split`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedKey<'k> {
+    /// The hash tag: a rule's or quota's id.
+    pub tag: &'k str,
+    pub kind: KeyKind<'k>,
+}
+
+/// The kinds of key the layout table lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind<'k> {
+    /// A rate counter of a rule or quota. `limit` is the segment that names
+    /// the limit as the builders write it (a quota counter's kind letter,
+    /// the period, the algorithm letter: `tminutew`, `hourb`); `window_s`
+    /// the fixed window's start, in Unix seconds.
+    Rate {
+        limit: &'k str,
+        algorithm: Algorithm,
+        values: Segments<'k>,
+        window_s: Option<u64>,
+    },
+    /// A quota's concurrency slots (or a class's share of them).
+    Slots { values: Segments<'k> },
+    /// An ext_proc reservation record.
+    Reservation { id: &'k str },
+    /// An RLS reservation record.
+    RlsReservation { id: &'k str },
+    /// The instance registry.
+    Registry,
+}
+
+/// The value segments of a counter key after its limit, still escaped,
+/// with the class suffix if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segments<'k>(Vec<&'k str>);
+
+impl Segments<'_> {
+    /// Every segment as a value: a rule counter (rules have no class
+    /// shares), whose value count is its descriptor's.
+    pub fn values(&self) -> Vec<String> {
+        self.0.iter().map(|s| unescape(s)).collect()
+    }
+
+    /// The values of a quota counter whose quota matches on `arity` keys,
+    /// and the class whose share it is, if it is one; `None` when the key
+    /// has another number of segments (another quota's shape: a config
+    /// changed since the key was written).
+    pub fn split(&self, arity: usize) -> Option<(Vec<String>, Option<String>)> {
+        // `quota_values` of no values is one empty segment.
+        let n = arity.max(1);
+        if self.0.len() < n {
+            return None;
+        }
+        let (values, rest) = self.0.split_at(n);
+        let values = if arity == 0 {
+            (values == [""]).then(Vec::new)?
+        } else {
+            values.iter().map(|s| unescape(s)).collect()
+        };
+        let class = match rest {
+            [] => None,
+            [class] => Some(unescape(class.strip_prefix("class=")?)),
+            _ => return None,
+        };
+        Some((values, class))
+    }
+}
+
+impl<'k> ParsedKey<'k> {
+    /// Reads a key tollgate wrote; `None` for anything else (another
+    /// application's key, the health probe, a layout this version does
+    /// not know).
+    pub fn parse(key: &'k str) -> Option<ParsedKey<'k>> {
+        let rest = key.strip_prefix(PREFIX)?;
+        let (tag, rest) = rest.split_once("}:")?;
+        if tag.is_empty() {
+            return None;
+        }
+        let (head, tail) = match rest.split_once(':') {
+            Some((h, t)) => (h, Some(t)),
+            None => (rest, None),
+        };
+        let segments =
+            |t: Option<&'k str>| Segments(t.map(|t| t.split(':').collect()).unwrap_or_default());
+        let kind = match (head, tail) {
+            ("res", Some(id)) => KeyKind::Reservation { id },
+            ("rres", Some(id)) => KeyKind::RlsReservation { id },
+            ("instances", None) if key == REGISTRY => KeyKind::Registry,
+            ("c", Some(_)) => KeyKind::Slots {
+                values: segments(tail),
+            },
+            (limit, tail) if limit.len() > 1 => {
+                let algorithm = match limit.as_bytes().last() {
+                    Some(b'w') => Algorithm::FixedWindow,
+                    Some(b'b') => Algorithm::TokenBucket,
+                    _ => return None,
+                };
+                let Segments(mut values) = segments(tail);
+                let window_s = match algorithm {
+                    Algorithm::FixedWindow => Some(values.pop()?.parse().ok()?),
+                    Algorithm::TokenBucket => None,
+                };
+                KeyKind::Rate {
+                    limit,
+                    algorithm,
+                    values: Segments(values),
+                    window_s,
+                }
+            }
+            _ => return None,
+        };
+        Some(ParsedKey { tag, kind })
+    }
+}
+
+/// The inverse of [`escape_into`].
+fn unescape(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    let mut rest = segment;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        if let Some(r) = after.strip_prefix("%25") {
+            out.push('%');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix("%3A") {
+            out.push(':');
+            rest = r;
+        } else {
+            out.push('%');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +476,148 @@ mod tests {
             for record in [reservation(&id, "req-1"), rls_reservation(&id, "req-1")] {
                 prop_assert!(!owner.contains_key(&record), "{} is also a counter", record);
             }
+        }
+    }
+
+    /// The limit segment and the values a key parses back into.
+    fn rate_parts(key: &str) -> (String, Algorithm, Segments<'_>, Option<u64>) {
+        match ParsedKey::parse(key).map(|p| p.kind) {
+            Some(KeyKind::Rate {
+                limit,
+                algorithm,
+                values,
+                window_s,
+            }) => (limit.to_string(), algorithm, values, window_s),
+            other => panic!("{key} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_documented_keys_parse_back() {
+        let quota = RuleId::new("quota:q", &[]);
+        let minute = limit(Period::Minute, Algorithm::FixedWindow);
+        let base = quota_counter(&quota, QuotaCounter::Requests(&minute), "a%3Ab:");
+        let key = counter_key(&base, &Counter::Rate(minute), 1_700_000_059_999);
+        let parsed = ParsedKey::parse(&key).unwrap();
+        assert_eq!(parsed.tag, quota.as_str());
+        let (segment, algorithm, values, window) = rate_parts(&key);
+        assert_eq!(
+            (segment.as_str(), algorithm, window),
+            ("rminutew", Algorithm::FixedWindow, Some(1_700_000_040))
+        );
+        assert_eq!(values.split(2), Some((vec!["a:b".into(), "".into()], None)));
+        assert_eq!(values.split(3), None, "another quota's shape");
+        // A money budget for a UTC month: the window starts on the 1st
+        // (2023-11-01 00:00 UTC for 2023-11-14).
+        let month = limit(Period::Month, Algorithm::FixedWindow);
+        let base = quota_counter(&quota, QuotaCounter::Spend(&month), "acme");
+        let key = counter_key(&base, &Counter::Rate(month), 1_700_000_059_999);
+        let (segment, _, values, window) = rate_parts(&key);
+        assert_eq!((segment.as_str(), window), ("smonthw", Some(1_698_796_800)));
+        assert_eq!(values.split(1), Some((vec!["acme".into()], None)));
+        let c = class_share(
+            &quota_counter(&quota, QuotaCounter::Concurrent, "x"),
+            "gold",
+        );
+        assert_eq!(
+            ParsedKey::parse(&c).map(|p| p.kind),
+            Some(KeyKind::Slots {
+                values: Segments(vec!["x", "class=gold"])
+            })
+        );
+        assert_eq!(
+            ParsedKey::parse(&reservation(&quota, "r1")).map(|p| p.kind),
+            Some(KeyKind::Reservation { id: "r1" })
+        );
+        let rule = RuleId::new("edge", &[]);
+        assert_eq!(
+            ParsedKey::parse(&rls_reservation(&rule, "a:b")).map(|p| p.kind),
+            Some(KeyKind::RlsReservation { id: "a_b" })
+        );
+        assert_eq!(
+            ParsedKey::parse(REGISTRY).map(|p| p.kind),
+            Some(KeyKind::Registry)
+        );
+        for foreign in [
+            "tg:probe:i:1",
+            "other",
+            "tg:{}:minutew:1",
+            "tg:{q}:minutew:notawindow",
+            "tg:{q}:minutex:a",
+            "tg:{q}:res",
+        ] {
+            assert_eq!(ParsedKey::parse(foreign), None, "{foreign}");
+        }
+    }
+
+    proptest! {
+        /// Every counter key the builders make parses back into its owner,
+        /// limit segment, values, class and window, whatever the values
+        /// hold.
+        #[test]
+        fn counter_keys_parse_back_into_what_built_them(
+            values in prop::collection::vec("[a-z:%=]{0,4}|class=[a-z]{0,2}|%3A|%25", 0..4),
+            class in prop::option::of("[a-z:=%]{0,3}"),
+            period in prop::sample::select(vec![
+                Period::Second, Period::Minute, Period::Hour, Period::Day,
+                Period::Week, Period::Month, Period::Year,
+            ]),
+            bucket in any::<bool>(),
+            berlin in any::<bool>(),
+            now in 0u64..4_000_000_000_000,
+        ) {
+            let zone = if berlin {
+                crate::rules::Zone::parse("Europe/Berlin").expect("a zone")
+            } else {
+                crate::rules::Zone::Utc
+            };
+            // A token bucket needs a fixed-length period.
+            let algorithm = if bucket && period.is_fixed(zone) {
+                Algorithm::TokenBucket
+            } else {
+                Algorithm::FixedWindow
+            };
+            let l = Limit { zone, ..limit(period, algorithm) };
+            let counter = Counter::Rate(l);
+            let window = arith::key_suffix(&l, now);
+            let quota = RuleId::new("quota:q", &[]);
+            let joined = quota_values(values.iter().map(|v| Some(v.as_str())));
+            for which in [QuotaCounter::Tokens(&l), QuotaCounter::Requests(&l), QuotaCounter::Spend(&l)] {
+                let mut base = quota_counter(&quota, which, &joined);
+                if let Some(c) = &class {
+                    base = class_share(&base, c);
+                }
+                let key = counter_key(&base, &counter, now);
+                prop_assert_eq!(ParsedKey::parse(&key).map(|p| p.tag), Some(quota.as_str()));
+                let (segment, alg, segments, w) = rate_parts(&key);
+                // The segment is the one the builder writes for this limit.
+                let bare = quota_counter(&quota, which, "");
+                prop_assert_eq!(format!("tg:{{{quota}}}:{segment}:"), bare);
+                prop_assert_eq!(alg, algorithm);
+                prop_assert_eq!(w, window);
+                prop_assert_eq!(segments.split(values.len()), Some((values.clone(), class.clone())));
+            }
+            let slots = quota_counter(&quota, QuotaCounter::Concurrent, &joined);
+            let slots = match &class {
+                Some(c) => class_share(&slots, c),
+                None => slots,
+            };
+            match ParsedKey::parse(&slots).map(|p| p.kind) {
+                Some(KeyKind::Slots { values: segments }) => {
+                    prop_assert_eq!(segments.split(values.len()), Some((values.clone(), class.clone())));
+                }
+                other => prop_assert!(false, "{} parsed as {:?}", slots, other),
+            }
+            let rule = RuleId::new("edge", &[]);
+            let base = rule_counter(&rule, &l, values.iter().map(String::as_str));
+            let key = counter_key(&base, &counter, now);
+            let (segment, _, segments, w) = rate_parts(&key);
+            prop_assert_eq!(
+                format!("tg:{{{rule}}}:{segment}"),
+                rule_counter(&rule, &l, std::iter::empty())
+            );
+            prop_assert_eq!(w, window);
+            prop_assert_eq!(segments.values(), values);
         }
     }
 }

@@ -7,7 +7,9 @@
 //! cheaper than an async one (as mini-redis's `db.rs` explains).
 
 use super::arith::{self, Cell, HitState};
+use super::scan::Budget;
 use super::{counter_key, Counter, Grant, Hit, Hold, SettleOp, Store, StoreError, TakeOutcome};
+use super::{LiveKey, ScanQuery, Scanned};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -327,7 +329,41 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn scan(&self, query: &ScanQuery, now_ms: u64) -> Result<Scanned, StoreError> {
+        Ok(self.scan_live(query, now_ms))
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
+    }
+}
+
+impl MemoryStore {
+    /// One shard locked at a time, for as long as it takes to list its
+    /// keys (within the budget) and copy the live ones wanted: requests on
+    /// the other shards go on meanwhile.
+    fn scan_live(&self, query: &ScanQuery, now_ms: u64) -> Scanned {
+        let mut budget = Budget::new(query.budget);
+        let mut keys = Vec::new();
+        'shards: for shard in self.shards.iter() {
+            let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, entry) in map.iter() {
+                if !budget.take() {
+                    break 'shards;
+                }
+                if entry.expires_ms > now_ms && query.wants(key) {
+                    keys.push(LiveKey {
+                        key: key.clone(),
+                        cell: entry.cell.clone(),
+                    });
+                }
+            }
+        }
+        Scanned {
+            keys,
+            looked_at: budget.looked_at(),
+            complete: !budget.is_exhausted(),
+            unreadable: 0,
+        }
     }
 }

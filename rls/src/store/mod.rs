@@ -11,6 +11,7 @@ mod redis;
 mod redis_errors;
 mod redis_freed;
 mod redis_link;
+mod scan;
 
 pub use arith::HitState;
 pub use arith::SLOT_RETRY_MS;
@@ -19,6 +20,7 @@ pub use error::{Refusal, StoreError};
 pub use keys::counter_key;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use scan::{LiveKey, ScanQuery, Scanned, DEFAULT_SCAN_BUDGET};
 
 use crate::rules::Limit;
 use async_trait::async_trait;
@@ -194,6 +196,15 @@ pub trait Store: Send + Sync + 'static {
     /// capacity freed here).
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// Lists live keys for the operator's view, at most `query.budget` of
+    /// them (`scan`): never on a request's path.
+    async fn scan(&self, _query: &ScanQuery, _now_ms: u64) -> Result<Scanned, StoreError> {
+        Err(StoreError::Protocol(format!(
+            "the {} store does not list its keys",
+            self.kind()
+        )))
     }
 
     /// A label for metrics and logs: `memory` or `redis`.

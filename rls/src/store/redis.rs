@@ -14,11 +14,14 @@
 //! request still takes nothing. Between the steps another client may see
 //! the earlier slots' counters briefly taken.
 
+mod listing;
+
 use super::arith::HitState;
 use super::redis_errors::classify;
 use super::redis_link::{Backend, Conn, Link};
 use super::TakeOutcome;
 use super::{counter_key, keys, Counter, Grant, Hit, Hold, SettleOp, Store, StoreError};
+use super::{ScanQuery, Scanned};
 use crate::repeated::Repeats;
 use crate::rules::{Algorithm, Limit, Period};
 use async_trait::async_trait;
@@ -691,6 +694,10 @@ impl Store for RedisStore {
         self.registry_call(instance, u64::MAX / 4, 0, "leave")
             .await
             .map(|_| ())
+    }
+
+    async fn scan(&self, query: &ScanQuery, now_ms: u64) -> Result<Scanned, StoreError> {
+        self.scan_live(query, now_ms).await
     }
 
     fn is_shared(&self) -> bool {
