@@ -5,7 +5,9 @@
 --            start, so a new window starts from an absent key.
 -- KEYS[n+1]  the reservation record key, when a record is given (ARGV[5])
 -- ARGV[1]    now, in milliseconds (the caller's clock, as window keys are)
--- ARGV[2]    1 = take all-or-nothing; 0 = give back (refund, never denies)
+-- ARGV[2]    1 = take all-or-nothing; 0 = give back (refund, never denies);
+--            2 = count each whatever its limit (envoyproxy/ratelimit's
+--            INCRBY: over says it did not fit, the count keeps it)
 -- ARGV[3]    holder id of the hold ('' = none): slots are held under it
 -- ARGV[4]    hold time to live in ms (slot deadline and record expiry)
 -- ARGV[5]    the reservation record (opaque bytes); '' = hold slots only
@@ -24,6 +26,7 @@
 
 local now = tonumber(ARGV[1])
 local taking = ARGV[2] == '1'
+local counting = ARGV[2] == '2'
 local holder = ARGV[3]
 local hold_ttl = tonumber(ARGV[4])
 local record = ARGV[5]
@@ -47,6 +50,9 @@ for i = 1, n do
     if taking then
       over = count + s.cost > s.amount
       if not over then count = count + s.cost end
+    elseif counting then
+      over = count + s.cost > s.amount
+      count = count + s.cost
     else
       over = false
       count = count - s.cost
@@ -64,13 +70,18 @@ for i = 1, n do
     if taking then
       over = level < need
       if not over then level = level - need end
+    elseif counting then
+      over = level < need
+      level = level - need
     else
       over = false
       need = 0
       level = level + s.cost * s.ticks
       if level > s.amount * s.ticks then level = s.amount * s.ticks end
     end
+    if counting then need = 0 end
     remaining, reset, retry = bucket_answer(s, now, level, tick, need)
+    if counting and over then retry = reset end
     pending[key] = { level = level, tick = tick }
     local l, t, r = level, tick, reset
     writes[#writes + 1] = function() set_bucket(key, l, t, r) end
@@ -82,7 +93,7 @@ for i = 1, n do
     end
     local cost = s.cost
     if holder == '' or not taking then cost = 0 end
-    over = taking and held + cost > s.amount
+    over = (taking or counting) and held + cost > s.amount
     if not over and cost > 0 then
       held = held + 1
       writes[#writes + 1] = function()

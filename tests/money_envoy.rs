@@ -279,8 +279,15 @@ async fn money_budget_on_memory() {
 #[tokio::test]
 async fn money_budget_on_redis() {
     let redis = RedisServer::start();
+    // The default 50 ms store timeout answers by `on_error` when a loaded
+    // machine is slow to run a script, and a script that ran after its
+    // caller gave up has still taken its estimate (seen once: 18 of 24
+    // admitted under load). The figures under test are the budget's.
     a_burst_never_reserves_more_than_the_budget(stack(
-        &format!("kind = \"redis\"\nurl = \"{}\"", redis.url()),
+        &format!(
+            "kind = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"",
+            redis.url()
+        ),
         false,
     ))
     .await;

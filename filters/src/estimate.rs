@@ -2,6 +2,16 @@
 //! generation and later, cl100k_base for gpt-4 and gpt-3.5), through
 //! GitHub's `bpe-openai`, whose vocabularies are compiled in (no download).
 //! Everything else, and anyone who prefers speed, gets bytes / 4.
+//!
+//! Each vocabulary is built on its first use (tens to hundreds of
+//! milliseconds, some 50 MB each) and then shared by the whole process: one
+//! copy, never built for a process that never counts with it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether each vocabulary has been built (set once its table exists).
+static O200K_LOADED: AtomicBool = AtomicBool::new(false);
+static CL100K_LOADED: AtomicBool = AtomicBool::new(false);
 
 /// How to count the tokens of a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,21 +51,43 @@ impl Estimator {
         }
     }
 
-    /// Tokens in `text`.
+    /// Tokens in `text`. A BPE estimator builds its vocabulary on its first
+    /// call.
     pub fn count(&self, text: &str) -> u64 {
         match self {
             Estimator::BytesPerFour => (text.len() as u64).div_ceil(4),
-            Estimator::O200k => bpe_openai::o200k_base().count(text) as u64,
-            Estimator::Cl100k => bpe_openai::cl100k_base().count(text) as u64,
+            Estimator::O200k | Estimator::Cl100k => self.tokenizer().count(text) as u64,
         }
     }
 
-    /// Loads the BPE vocabularies now. They are built on first use, which
-    /// takes tens to hundreds of milliseconds: a server calls this at start
-    /// so its first requests do not pay for it.
-    pub fn warm_up() {
-        let _ = bpe_openai::o200k_base();
-        let _ = bpe_openai::cl100k_base();
+    /// Builds this estimator's vocabulary now (nothing for bytes / 4): a
+    /// server calls it, off its event loop, for the models it is configured
+    /// with, so their first requests do not pay for it.
+    pub fn load(&self) {
+        if *self != Estimator::BytesPerFour {
+            let _ = self.tokenizer();
+        }
+    }
+
+    /// Whether counting with this estimator is free of a vocabulary build
+    /// (bytes / 4 always is).
+    pub fn is_loaded(&self) -> bool {
+        match self {
+            Estimator::BytesPerFour => true,
+            Estimator::O200k => O200K_LOADED.load(Ordering::Acquire),
+            Estimator::Cl100k => CL100K_LOADED.load(Ordering::Acquire),
+        }
+    }
+
+    /// The shared BPE tokenizer, built on first use. Only for the BPE
+    /// estimators.
+    fn tokenizer(&self) -> &'static bpe_openai::Tokenizer {
+        let (tokenizer, loaded) = match self {
+            Estimator::Cl100k => (bpe_openai::cl100k_base(), &CL100K_LOADED),
+            _ => (bpe_openai::o200k_base(), &O200K_LOADED),
+        };
+        loaded.store(true, Ordering::Release);
+        tokenizer
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -86,6 +118,18 @@ mod tests {
             Estimator::BytesPerFour
         );
         assert_eq!(Estimator::for_model("omni", true), Estimator::BytesPerFour);
+    }
+
+    #[test]
+    fn load_builds_the_vocabulary_and_says_so() {
+        // Other tests in this binary may have built it already; what is
+        // checked is that `load` leaves it built and reported.
+        assert!(Estimator::BytesPerFour.is_loaded());
+        Estimator::BytesPerFour.load();
+        Estimator::Cl100k.load();
+        assert!(Estimator::Cl100k.is_loaded());
+        Estimator::O200k.load();
+        assert!(Estimator::O200k.is_loaded());
     }
 
     #[test]

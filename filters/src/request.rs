@@ -55,6 +55,19 @@ pub fn parse_request(
     body: &[u8],
     prefer_bpe: bool,
 ) -> Result<LlmRequest, RequestError> {
+    parse_request_with(endpoint, body, |model| {
+        Estimator::for_model(model, prefer_bpe)
+    })
+}
+
+/// Parses a request body, counting its prompt with the estimator `choose`
+/// picks for the model it names: a server that builds a vocabulary only
+/// for the models it is configured with chooses here what the others get.
+pub fn parse_request_with(
+    endpoint: Endpoint,
+    body: &[u8],
+    choose: impl FnOnce(&str) -> Estimator,
+) -> Result<LlmRequest, RequestError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         // serde_json's messages name a line and column, never the content.
         RequestError::InvalidJson(format!(
@@ -70,7 +83,7 @@ pub fn parse_request(
         Some(Value::String(_)) | None => return Err(RequestError::MissingModel),
         Some(_) => return Err(RequestError::WrongType { field: "model" }),
     };
-    let estimator = Estimator::for_model(&model, prefer_bpe);
+    let estimator = choose(&model);
     let stream = bool_field(obj, "stream")?.unwrap_or(false);
     let stream_usage_requested = obj
         .get("stream_options")
@@ -371,6 +384,22 @@ mod tests {
         .unwrap();
         assert_eq!(r.estimator, Estimator::O200k);
         assert_eq!(r.prompt_tokens_estimate, 1 + 2 + 3 + 3);
+    }
+
+    #[test]
+    fn the_chooser_is_asked_with_the_model_and_its_estimator_counts() {
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello world"}]}"#;
+        let mut asked = None;
+        let r = parse_request_with(Endpoint::ChatCompletions, body, |m| {
+            asked = Some(m.to_string());
+            Estimator::BytesPerFour
+        })
+        .unwrap();
+        assert_eq!(asked.as_deref(), Some("gpt-4o"));
+        assert_eq!(r.estimator, Estimator::BytesPerFour);
+        // role "user" (1) + "hello world" as bytes / 4 (3) + 3 per
+        // message + 3 reply.
+        assert_eq!(r.prompt_tokens_estimate, 1 + 3 + 3 + 3);
     }
 }
 

@@ -22,13 +22,21 @@ pub enum UsageError {
 }
 
 /// Usage from a JSON response body; `Ok(None)` when it reports none.
+/// (For a body that arrives in chunks, [`JsonUsage`](crate::JsonUsage)
+/// gives the same answer without keeping the body.)
 pub fn usage_from_json(endpoint: Endpoint, body: &[u8]) -> Result<Option<Usage>, UsageError> {
     let v: Value = serde_json::from_slice(body).map_err(|_| UsageError::InvalidJson)?;
+    Ok(usage_of_value(endpoint, &v))
+}
+
+/// The usage a parsed response body reports: `usage`, or for the
+/// Responses API a wrapped `response.usage`.
+pub(crate) fn usage_of_value(endpoint: Endpoint, v: &Value) -> Option<Usage> {
     let usage = match endpoint {
         Endpoint::Responses => v.get("usage").or_else(|| v.pointer("/response/usage")),
         _ => v.get("usage"),
     };
-    Ok(usage.and_then(|u| from_usage_object(endpoint, u)))
+    usage.and_then(|u| from_usage_object(endpoint, u))
 }
 
 fn n(v: &Value, path: &str) -> Option<u64> {

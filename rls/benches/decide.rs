@@ -115,6 +115,7 @@ fn checks() -> Vec<Check> {
                 entries: vec![("tenant".into(), format!("v{i}"))],
                 hits: None,
                 negative: false,
+                limit: None,
             }],
             hits: 1,
         })

@@ -28,12 +28,13 @@
 //!
 //! Beside them: `config` (TOML -> validated `Config`, read into the model
 //! of `rules`), `admin` (HTTP: health, readiness, metrics, config, and the
-//! HTTP check API for nginx), `metrics` (Prometheus families), `server`
+//! HTTP check API for nginx), `listen` (both listeners' connection limits), `metrics` (Prometheus families), `server`
 //! (build, serve, drain), `background` (every background task, one
 //! cancellation token), `watch` + `reload` (config hot reload), `tls` (the
 //! gRPC listener's certificates, reloaded when their files change; PEM for
 //! `rediss://`), `repeated` (log a repeating condition once, then
-//! summarise). Data flows one way: service -> engine -> store; the engine
+//! summarise), `vocabularies` (BPE tables built only for configured
+//! models). Data flows one way: service -> engine -> store; the engine
 //! never sees a proto type and a store never sees a rule.
 #![forbid(unsafe_code)]
 
@@ -42,6 +43,7 @@ pub mod app;
 pub mod background;
 pub mod config;
 pub mod engine;
+pub mod listen;
 pub mod metrics;
 pub mod reload;
 pub mod repeated;
@@ -50,4 +52,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod vocabularies;
 pub mod watch;

@@ -36,11 +36,18 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Convert envoyproxy/ratelimit YAML (a file, or a directory of
+    /// `*.yaml`) to tollgate TOML with the same answers, on stdout.
+    Import {
+        /// The YAML file or directory.
+        path: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Import { path } => import(&path),
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 println!(
@@ -91,6 +98,50 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `tollgate import`: every YAML file's TOML, in name order, on stdout.
+fn import(path: &std::path::Path) -> ExitCode {
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(path) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect(),
+            Err(e) => {
+                eprintln!("{}: cannot list: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut failed = false;
+    for file in files {
+        let name = file.display().to_string();
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{name}: cannot read: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        match config::yaml_to_toml(&name, &text) {
+            Ok(toml) => println!("{toml}"),
+            Err(errors) => {
+                eprintln!("{errors}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

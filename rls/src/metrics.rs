@@ -5,9 +5,11 @@
 //! deliberately; its descriptor values are capped per rule.
 
 mod cache;
+mod guard;
 mod leases;
 
 use cache::PairCache;
+pub use guard::{Closed, GuardFamilies, Listener};
 pub use leases::LeaseFamilies;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -62,6 +64,8 @@ pub struct Metrics {
     internal_errors: IntCounterVec,
     /// Leases and the instance registry.
     pub leases: LeaseFamilies,
+    /// Buffered bodies, connection limits, usage anomalies.
+    pub guard: GuardFamilies,
     detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
     /// Per (domain, rule): total, within, near, over, shadow.
     rule_children: PairCache<IntCounter, 5>,
@@ -154,6 +158,7 @@ impl Metrics {
             .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
             leases: LeaseFamilies::new(r),
+            guard: GuardFamilies::new(r),
             llm_waiting,
             llm_wait_seconds,
             llm_fallbacks: counter(

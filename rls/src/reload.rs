@@ -61,6 +61,8 @@ pub fn reload(app: &App, path: &Path) -> Reloaded {
         took_ms = started.elapsed().as_millis() as u64,
         "config reloaded"
     );
+    // A model added by this config may need a vocabulary not built yet.
+    crate::vocabularies::load_for(&new.llm);
     app.config.store(Arc::new(new));
     app.metrics.config_loaded(&version);
     app.metrics.config_reloads.with_label_values(&["ok"]).inc();

@@ -7,22 +7,19 @@ use crate::app::App;
 use crate::background::Background;
 use crate::config::{Config, StoreKind};
 use crate::engine::{self, Clock, Counters, Engine, Instances, Leases};
-use crate::metrics::Metrics;
-use crate::rules::Estimator;
+use crate::listen::{self, Gate};
+use crate::metrics::{Listener, Metrics};
 use crate::service::{ExtProcGrpc, RateLimitGrpc};
 use crate::store::{Breaker, Health, MemoryStore, RedisStore, Store};
 use crate::tls::ServerTls;
 use anyhow::Context;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 /// Options that come from the command line, not the config file.
@@ -76,12 +73,21 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         write_ready_file(path, grpc_addr, admin_addr)?;
     }
     let stop = background.token();
-    let grpc_task = tokio::spawn(serve_grpc(app.clone(), grpc, grpc_tls, stop.clone()));
-    let admin_task = tokio::spawn(
-        axum::serve(admin, admin::router(app.clone()))
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .into_future(),
-    );
+    let grpc_gate = Gate::new(Listener::Grpc, &server, metrics.clone());
+    let admin_gate = Gate::new(Listener::Admin, &server, metrics.clone());
+    let grpc_task = tokio::spawn(serve_grpc(
+        app.clone(),
+        grpc,
+        grpc_gate,
+        grpc_tls,
+        stop.clone(),
+    ));
+    let admin_task = tokio::spawn(listen::serve_admin(
+        admin,
+        admin::router(app.clone()),
+        admin_gate,
+        stop.clone(),
+    ));
 
     shutdown_signal().await;
     tracing::info!(grace = ?server.shutdown_grace, "shutting down: no new connections, draining");
@@ -146,20 +152,22 @@ fn spawn_background(
     sweep.extend(memory);
     let engine = app.engine.clone();
     background.spawn("sweeper", |cancel| sweep_expired(sweep, engine, cancel));
-    if app.config.load().llm.settings.estimator == Estimator::Bpe {
-        // The tokenizer's tables load on first use; load them now, off the
-        // reactor, so the first LLM requests do not wait for them.
-        tokio::task::spawn_blocking(tollgate_filters::Estimator::warm_up);
-    }
+    // The vocabularies the configured models count with, built now off
+    // the reactor (none without [[model]]s); a reload builds new ones.
+    crate::vocabularies::load_for(&app.config.load().llm);
 }
 
 /// Serves the gRPC services (RLS, ext_proc, health) until `stop` fires.
+/// A connection silent for `idle_timeout` is pinged and closed unless it
+/// answers within `read_timeout` (`listen`).
 async fn serve_grpc(
     app: Arc<App>,
     listener: TcpListener,
+    gate: Arc<Gate>,
     tls: Option<Arc<ServerTls>>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let server = app.config.load().server.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RateLimitServiceServer<RateLimitGrpc>>()
@@ -168,26 +176,23 @@ async fn serve_grpc(
         .set_serving::<ExternalProcessorServer<ExtProcGrpc>>()
         .await;
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(server.idle_timeout))
+        .http2_keepalive_timeout(Some(server.read_timeout))
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(app.clone())))
         .add_service(ExternalProcessorServer::new(ExtProcGrpc::new(app)));
     match tls {
         Some(tls) => {
             router
-                .serve_with_incoming_shutdown(tls.incoming(listener), stop.cancelled_owned())
+                .serve_with_incoming_shutdown(tls.incoming(listener, gate), stop.cancelled_owned())
                 .await
         }
         None => {
-            let incoming = TcpListenerStream::new(listener).map(|conn| {
-                // Envoy sends small messages on long-lived HTTP/2
-                // connections; Nagle would add up to 40 ms to each.
-                if let Ok(c) = &conn {
-                    let _ = c.set_nodelay(true);
-                }
-                conn
-            });
             router
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .serve_with_incoming_shutdown(
+                    listen::grpc_incoming(listener, gate),
+                    stop.cancelled_owned(),
+                )
                 .await
         }
     }

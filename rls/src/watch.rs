@@ -28,7 +28,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 pub enum Target {
     /// These files.
     Files(Vec<PathBuf>),
-    /// Every `*.toml` in this directory.
+    /// Every `*.toml` (and envoyproxy/ratelimit `*.yaml`) in this directory.
     TomlDir(PathBuf),
 }
 
@@ -68,7 +68,10 @@ impl Target {
         match self {
             Target::TomlDir(dir) => {
                 changed.parent() == Some(dir.as_path())
-                    && (swap || changed.extension().is_some_and(|e| e == "toml"))
+                    && (swap
+                        || changed
+                            .extension()
+                            .is_some_and(|e| e == "toml" || e == "yaml" || e == "yml"))
             }
             Target::Files(files) => files
                 .iter()

@@ -186,6 +186,7 @@ fn check(tenant: &str, more: &[(&str, &str)]) -> Check {
             entries,
             hits: None,
             negative: false,
+            limit: None,
         }],
         hits: 1,
     }

@@ -31,6 +31,26 @@ impl Tollgate {
         let config = dir.join("tollgate.toml");
         std::fs::write(&config, config_toml)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+        Tollgate::serve(bin, dir, config, &[])
+    }
+
+    /// Writes `files` (name, text) into one directory and serves that
+    /// directory (`--config DIR`: its `*.toml` and envoyproxy/ratelimit
+    /// `*.yaml`), with `env` set, as a Deployment's `env` block would.
+    pub fn start_dir(bin: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Tollgate {
+        let dir = scratch_dir("tollgate");
+        let config = dir.join("config");
+        std::fs::create_dir_all(&config)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", config.display()));
+        for (name, text) in files {
+            let path = config.join(name);
+            std::fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+        Tollgate::serve(bin, dir, config, env)
+    }
+
+    fn serve(bin: &str, dir: PathBuf, config: PathBuf, env: &[(&str, &str)]) -> Tollgate {
         let ready = dir.join("ready.json");
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
@@ -42,6 +62,9 @@ impl Tollgate {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let mut proc = Proc::spawn("tollgate", cmd, dir.join("tollgate.log"));
         let mut addrs = None;
         proc.wait_until(START_TIMEOUT, || {
@@ -90,8 +113,8 @@ impl Tollgate {
         body
     }
 
-    /// The config file tollgate runs on (rewrite it, then `signal(SIGHUP)`
-    /// to test a reload).
+    /// The config file (or directory) tollgate runs on (rewrite it, then
+    /// `signal(SIGHUP)` to test a reload).
     pub fn config_path(&self) -> &Path {
         &self.config
     }

@@ -16,6 +16,9 @@ pub(crate) struct ServerView {
     pub tls_cert: Option<Spanned<String>>,
     pub tls_key: Option<Spanned<String>>,
     pub tls_client_ca: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -54,8 +57,54 @@ pub(crate) struct RuleView {
     /// Reserve/reconcile over RLS: the descriptor key whose value names the
     /// request (e.g. `request_id`).
     pub reserve: Option<Spanned<String>>,
+    /// The path matches but sets no limit (envoyproxy/ratelimit's node
+    /// without `rate_limit`): allow-lists its values.
+    #[serde(default)]
+    pub no_limit: bool,
+    /// envoyproxy/ratelimit's `quota_mode`.
+    #[serde(default)]
+    pub quota_mode: bool,
+    /// envoyproxy/ratelimit's `metadata`, returned in dynamic metadata.
+    pub metadata: Option<Spanned<toml::Table>>,
+    /// envoyproxy/ratelimit's `share_threshold`: the `match` keys whose
+    /// wildcard counts every value it matches in one counter.
+    pub share_threshold: Option<Spanned<Vec<String>>>,
     /// Decide from this instance's lease (overrides `[leases] enabled`).
     pub lease: Option<bool>,
+    /// Whose midnights start the rule's days, weeks, months and years: an
+    /// IANA zone, `UTC` (the default), or `epoch` (envoyproxy/ratelimit's
+    /// fixed 7, 30 and 365 days from the Unix epoch).
+    pub time_zone: Option<Spanned<String>>,
+}
+
+/// `[envoy_ratelimit]`: envoyproxy/ratelimit's YAML files and the settings
+/// it reads from its environment (which, when set, win over these).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeerView {
+    /// YAML files or directories of `*.yaml`, beside this file's.
+    pub yaml: Option<Vec<String>>,
+    pub response_headers: Option<bool>,
+    pub limit_header: Option<Spanned<String>>,
+    pub remaining_header: Option<Spanned<String>>,
+    pub reset_header: Option<Spanned<String>>,
+    pub stop_increment_when_over_limit: Option<bool>,
+    pub shadow_mode: Option<bool>,
+    pub quota_mode: Option<bool>,
+    pub merge_domains: Option<bool>,
+    pub near_limit_ratio: Option<Spanned<f64>>,
+    pub dynamic_metadata: Option<bool>,
+}
+
+/// `[[domain]]`: how one domain answers, tollgate's way or the peer's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DomainView {
+    pub name: Spanned<String>,
+    pub counting: Option<Spanned<String>>,
+    pub retry_after: Option<bool>,
+    pub response_headers: Option<bool>,
+    pub ietf_headers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -89,6 +138,7 @@ pub(crate) struct LlmView {
     pub estimator: Option<Spanned<String>>,
     pub inject_stream_usage: Option<bool>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    pub max_buffered_bytes: Option<Spanned<u64>>,
     pub reservation_ttl: Option<Spanned<String>>,
     pub on_abort: Option<Spanned<String>>,
     pub on_upstream_error: Option<Spanned<String>>,

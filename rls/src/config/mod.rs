@@ -5,11 +5,16 @@
 //! its own into the serde views of `file` (spans kept for error lines),
 //! `validate` turns the views into the runtime [`Config`], `error` reports
 //! every problem as `file:line: field: what is wrong`, with `suggest`'s
-//! nearest valid name for a misspelt one.
+//! nearest valid name for a misspelt one. `ratelimit_yaml` reads
+//! envoyproxy/ratelimit's YAML as it is, and `peer` its settings (from
+//! `[envoy_ratelimit]`, `[[domain]]` and its environment variables).
 
 mod error;
 mod file;
+mod import;
 mod load;
+mod peer;
+mod ratelimit_yaml;
 mod redis_url;
 mod runtime;
 mod suggest;
@@ -20,7 +25,9 @@ mod validate_llm;
 mod validate_tls;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{load, parse_str};
+pub use import::yaml_to_toml;
+pub use load::{load, load_with, parse_files, parse_str};
+pub use peer::{PeerEnv, VARIABLES as PEER_VARIABLES};
 pub use runtime::{
     Config, LogFormat, ServerConfig, ServerTlsFiles, StoreConfig, StoreKind, StoreTlsFiles,
 };

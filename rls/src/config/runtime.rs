@@ -36,6 +36,18 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// TLS (and mTLS) on the gRPC listener; plaintext when `None`.
     pub tls: Option<ServerTlsFiles>,
+    /// The longest a client may take to send what it must: the HTTP/2
+    /// preface, an answer to a ping, an HTTP request's headers, and (on
+    /// the admin listener) its whole request.
+    #[serde(with = "humantime_serde_compat")]
+    pub read_timeout: Duration,
+    /// A gRPC connection silent this long is pinged (and closed if the
+    /// ping goes unanswered for `read_timeout`).
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// Connections open at once on each listener; past it a new one is
+    /// closed at once.
+    pub max_connections: usize,
 }
 
 /// PEM files for the gRPC listener, resolved against the config file's
@@ -70,6 +82,9 @@ impl Default for ServerConfig {
             log_format: LogFormat::Human,
             shutdown_grace: Duration::from_secs(10),
             tls: None,
+            read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }

@@ -10,7 +10,7 @@ pub(crate) const LOG_FORMATS: &[&str] = &["human", "json"];
 /// `algorithm` of a rule, a limit or a quota.
 pub(crate) const ALGORITHMS: &[&str] = &["fixed_window", "token_bucket"];
 /// A limit's `per` (the one-letter forms are accepted too, not suggested).
-pub(crate) const PERIODS: &[&str] = &["second", "minute", "hour", "day"];
+pub(crate) const PERIODS: &[&str] = &["second", "minute", "hour", "day", "week", "month", "year"];
 /// `[llm] estimator`.
 pub(crate) const ESTIMATORS: &[&str] = &["bpe", "bytes"];
 /// `[llm] on_abort` and `on_upstream_error`.
@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(nearest("day", PERIODS.iter().copied()), None, "exact");
         assert_eq!(
             expected("minit", PERIODS),
-            "`minit`: expected `second`, `minute`, `hour` or `day`; did you mean `minute`?"
+            "`minit`: expected `second`, `minute`, `hour`, `day`, `week`, `month` or `year`; did you mean `minute`?"
         );
         assert_eq!(
             expected("x", STORE_KINDS),

@@ -19,7 +19,17 @@ use toml::Spanned;
 
 /// The top-level keys a file may have, in the order they are validated.
 pub(crate) const TOP_LEVEL: &[&str] = &[
-    "server", "store", "leases", "rule", "llm", "model", "prices", "quota", "class",
+    "server",
+    "store",
+    "leases",
+    "rule",
+    "llm",
+    "model",
+    "prices",
+    "quota",
+    "class",
+    "envoy_ratelimit",
+    "domain",
 ];
 
 /// One file's top-level tables, parsed but not yet deserialized.
@@ -323,7 +333,7 @@ tokens_per_minute = -5
             &e,
             &[
                 "t.toml:2: store.kind: `memroy`: expected `memory` or `redis`; did you mean `memory`?",
-                "t.toml:7: rule[0].limit.per: `minit`: expected second, minute, hour or day; did you mean `minute`?",
+                "t.toml:7: rule[0].limit.per: `minit`: expected second, minute, hour, day, week, month or year; did you mean `minute`?",
                 "t.toml:11: quota.tokens_per_minute: invalid value: integer `-5`",
             ],
         );

@@ -3,9 +3,11 @@
 
 use super::error::Source;
 use super::file::{
-    ClassView, LeasesView, LimitView, LlmView, ModelView, QuotaView, RuleView, ServerView,
-    StoreView,
+    ClassView, DomainView, LeasesView, LimitView, LlmView, ModelView, PeerView, QuotaView,
+    RuleView, ServerView, StoreView,
 };
+use super::peer::{self, Origin, PeerEnv};
+use super::ratelimit_yaml;
 use super::redis_url;
 use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES, LOG_FORMATS, PERIODS, STORE_KINDS};
 use super::tree::{self, Document};
@@ -15,18 +17,24 @@ use super::validate_tls;
 use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreConfig, StoreKind};
 use crate::rules::{
     Algorithm, EntryPattern, FailurePolicy, LeasePolicy, Limit, LlmConfig, Period, Rule, RuleId,
-    RuleSet,
+    RuleSet, Zone,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use toml::Spanned;
 
-pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
+/// Whether a file is envoyproxy/ratelimit YAML (by its name).
+pub(crate) fn is_yaml(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+pub(crate) fn build(all: &[Source], env: &PeerEnv) -> Result<Config, ConfigErrors> {
+    let (yaml, sources): (Vec<&Source>, Vec<&Source>) = all.iter().partition(|s| is_yaml(s.name));
     let mut errors = Vec::new();
     let mut parts = Parts::default();
-    for src in sources {
-        parts.add_file(src, &mut errors);
+    for (file_index, src) in sources.iter().copied().enumerate() {
+        parts.add_file(file_index, src, &mut errors);
     }
     let Parts {
         server,
@@ -36,6 +44,9 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
         rule_leases,
         llm,
         model_sources,
+        peer_view,
+        domain_views,
+        toml_domains,
         ..
     } = parts;
     let leases = leases.unwrap_or_default();
@@ -46,7 +57,68 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     validate_llm::check_prices(&llm, &model_sources, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     check_names(&rules, &mut errors);
-    let rules = match RuleSet::new(rules.clone()) {
+    let settings = peer::settings(
+        peer_view.as_ref().map(|(i, v)| (sources[*i], v)),
+        env,
+        &mut errors,
+    );
+    let mut origins: HashMap<String, Origin> = toml_domains
+        .keys()
+        .map(|d| (d.clone(), Origin::Toml))
+        .collect();
+    let merge_yaml = settings.merge_domains.unwrap_or(false);
+    for src in &yaml {
+        let Some(d) = ratelimit_yaml::domain(src, &mut errors) else {
+            continue;
+        };
+        let taken = match origins.get(&d.domain) {
+            Some(Origin::Yaml) => true,
+            Some(Origin::Toml) => true,
+            None => false,
+        };
+        if taken && !merge_yaml {
+            let also = toml_domains
+                .get(&d.domain)
+                .map(|f| format!(" (also in {f})"))
+                .unwrap_or_default();
+            errors.push(ConfigError {
+                file: src.name.to_string(),
+                line: d.line,
+                field: "domain".into(),
+                message: format!(
+                    "duplicate domain '{}' in config file{also}; set MERGE_DOMAIN_CONFIG=true (or [envoy_ratelimit] merge_domains = true) to merge",
+                    d.domain
+                ),
+            });
+            continue;
+        }
+        if taken && merge_yaml {
+            // The peer refuses a node that two merged files both define.
+            for r in &d.rules {
+                if let Some(first) = rules
+                    .iter()
+                    .find(|o| o.domain == r.domain && o.pattern == r.pattern)
+                {
+                    errors.push(ConfigError::at(
+                        &r.source,
+                        "descriptors.key",
+                        format!(
+                            "duplicate descriptor composite key '{}.{}' (first at {})",
+                            r.domain, r.label, first.source
+                        ),
+                    ));
+                }
+            }
+        }
+        origins.entry(d.domain.clone()).or_insert(Origin::Yaml);
+        rules.extend(d.rules);
+    }
+    if settings.merge_domains == Some(false) {
+        check_toml_domains_unmerged(&rules, sources.as_slice(), &mut errors);
+    }
+    let modes = peer::modes(&settings, &origins, &domain_views, &mut errors, all);
+    let default_mode = Arc::new(peer::default_mode(&settings, Origin::Toml));
+    let rules = match RuleSet::with_modes(rules.clone(), default_mode, &modes) {
         Ok(set) => set,
         Err((first, second)) => {
             let (a, b) = (&rules[first], &rules[second]);
@@ -65,7 +137,7 @@ pub(crate) fn build(sources: &[Source]) -> Result<Config, ConfigErrors> {
     };
     if !errors.is_empty() {
         // Top to bottom, file by file: the order an operator fixes them in.
-        let file_index = |e: &ConfigError| sources.iter().position(|s| s.name == e.file);
+        let file_index = |e: &ConfigError| all.iter().position(|s| s.name == e.file);
         errors.sort_by_key(|e| (file_index(e), e.line));
         return Err(ConfigErrors(errors));
     }
@@ -95,15 +167,36 @@ struct Parts {
     llm_set: bool,
     /// `file:line` of each model, beside `llm.models`, for cross-checks.
     model_sources: Vec<String>,
+    /// `[envoy_ratelimit]`, with the index of the file that sets it.
+    peer_view: Option<(usize, PeerView)>,
+    /// Each `[[domain]]`, with the file it is in.
+    domain_views: Vec<(String, Spanned<DomainView>)>,
+    /// The file each TOML rule's domain is first written in.
+    toml_domains: HashMap<String, String>,
 }
 
 impl Parts {
     /// Reads one file's tables, each on its own (`tree`), and validates
     /// each; errors are pushed and the rest goes on.
-    fn add_file(&mut self, src: &Source, errors: &mut Vec<ConfigError>) {
+    fn add_file(&mut self, file_index: usize, src: &Source, errors: &mut Vec<ConfigError>) {
         let Some(mut doc) = Document::parse(src, errors) else {
             return;
         };
+        if let Some(p) = doc.table::<PeerView>(src, "envoy_ratelimit", errors) {
+            if self.peer_view.is_some() {
+                errors.push(src.error(
+                    p.view.span().start,
+                    "envoy_ratelimit",
+                    "[envoy_ratelimit] is set in two files",
+                ));
+            }
+            self.peer_view = Some((file_index, p.view.into_inner()));
+        }
+        for value in doc.array(src, "domain", errors) {
+            if let Some(d) = tree::view::<DomainView>(src, "domain", value, errors) {
+                self.domain_views.push((src.name.to_string(), d.view));
+            }
+        }
         if let Some(s) = doc.table::<ServerView>(src, "server", errors) {
             if self.server.is_some() {
                 errors.push(src.error(
@@ -136,6 +229,9 @@ impl Parts {
             if let Some(r) = tree::view::<RuleView>(src, "rule", value, errors) {
                 let lease = r.view.get_ref().lease;
                 if let Some(rule) = rule(src, i, r.view, before, errors) {
+                    self.toml_domains
+                        .entry(rule.domain.clone())
+                        .or_insert_with(|| src.name.to_string());
                     self.rules.push(rule);
                     self.rule_leases.push(lease);
                 }
@@ -230,6 +326,34 @@ fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> 
         );
     }
     c.tls = validate_tls::server(src, v.tls_cert, v.tls_key, v.tls_client_ca, errors);
+    for (field, value, out) in [
+        ("server.read_timeout", v.read_timeout, &mut c.read_timeout),
+        ("server.idle_timeout", v.idle_timeout, &mut c.idle_timeout),
+    ] {
+        if let Some(s) = value {
+            parse_into(src, &s, field, errors, out, |t| {
+                // Zero would close every connection at once; an hour is
+                // already no limit for a slow client.
+                duration(t).and_then(|d| {
+                    if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) {
+                        Ok(d)
+                    } else {
+                        Err(format!("`{t}`: between 100ms and 1h, like \"10s\""))
+                    }
+                })
+            });
+        }
+    }
+    if let Some(n) = v.max_connections {
+        match usize::try_from(*n.get_ref()) {
+            Ok(m) if (1..=1_000_000).contains(&m) => c.max_connections = m,
+            _ => errors.push(src.error(
+                n.span().start,
+                "server.max_connections",
+                format!("{}: between 1 and 1000000", n.get_ref()),
+            )),
+        }
+    }
     c
 }
 
@@ -327,6 +451,12 @@ fn rule(
             algorithm_of,
         );
     }
+    // Whose calendar starts the rule's days, weeks, months and years
+    // (`epoch`: envoyproxy/ratelimit's fixed lengths from the epoch).
+    let zone = match &v.time_zone {
+        None => Zone::Utc,
+        Some(z) => validate_llm::time_zone(src, z, &field("time_zone"), errors).unwrap_or_default(),
+    };
     let mut limits = Vec::new();
     let mut push_limit = |lv: &LimitView, offset: usize, errors: &mut Vec<ConfigError>| {
         let Some(period) = Period::parse(&lv.per) else {
@@ -334,7 +464,7 @@ fn rule(
                 offset,
                 field("limit.per"),
                 format!(
-                    "`{}`: expected second, minute, hour or day{}",
+                    "`{}`: expected second, minute, hour, day, week, month or year{}",
                     lv.per,
                     suggest::hint(&lv.per, PERIODS.iter().copied())
                 ),
@@ -353,10 +483,14 @@ fn rule(
             amount: lv.requests,
             period,
             algorithm,
-            zone: crate::rules::Zone::Utc,
+            zone,
         };
+        // `requests = 0` blocks every hit (envoyproxy/ratelimit's
+        // `requests_per_unit: 0`); a bucket that never refills cannot.
+        let blocks = limit.amount == 0 && limit.algorithm == Algorithm::FixedWindow;
         match limit.validate() {
             Ok(()) => limits.push(limit),
+            Err(_) if blocks => limits.push(limit),
             Err(e) => errors.push(src.error(offset, field("limit.requests"), e)),
         }
     };
@@ -377,13 +511,55 @@ fn rule(
     if v.unlimited && !limits.is_empty() {
         errors.push(src.error(at, field("unlimited"), "an unlimited rule takes no limit"));
     }
-    if !v.unlimited && limits.is_empty() && errors.len() == before {
+    if v.no_limit && (v.unlimited || !limits.is_empty()) {
+        errors.push(src.error(
+            at,
+            field("no_limit"),
+            "a rule with no_limit takes no limit and is not unlimited",
+        ));
+    }
+    if !v.unlimited && !v.no_limit && limits.is_empty() && errors.len() == before {
         errors.push(src.error(
             at,
             field("limit"),
             "missing: set `limit = { requests = N, per = \"minute\" }` or `unlimited = true`",
         ));
     }
+    if let (Some(n), true) = (&v.name, v.no_limit) {
+        errors.push(src.error(
+            n.span().start,
+            field("name"),
+            "a rule with no_limit has no name (nothing to replace or report)",
+        ));
+    }
+    let mut share = Vec::new();
+    if let Some(keys) = &v.share_threshold {
+        share = vec![None; pattern.len()];
+        for k in keys.get_ref() {
+            match pattern.iter().position(|p| p.key() == k && p.is_wildcard()) {
+                Some(level) => share[level] = pattern[level].value_text(),
+                None => errors.push(src.error(
+                    keys.span().start,
+                    field("share_threshold"),
+                    format!("`{k}` is not a key with a wildcard value (`{k}=prefix*`) in `match`"),
+                )),
+            }
+        }
+    }
+    let metadata = match &v.metadata {
+        None => None,
+        Some(m) => match serde_json::to_value(m.get_ref()) {
+            Ok(serde_json::Value::Object(o)) => Some(Arc::new(o)),
+            Ok(_) | Err(_) => {
+                errors.push(src.error(
+                    m.span().start,
+                    field("metadata"),
+                    "must be a table of values",
+                ));
+                None
+            }
+        },
+    };
     let mut on_error = None;
     if let Some(s) = &v.on_error {
         let mut p = FailurePolicy::FailClosed;
@@ -419,6 +595,19 @@ fn rule(
             errors.push(src.error(n.span().start, field("name"), "must not be empty"));
         }
     }
+    if let Some(n) = &name {
+        if v.replaces.iter().any(|r| r == n) {
+            // A rule that replaced itself would never be enforced
+            // (envoyproxy/ratelimit refuses it too).
+            errors.push(src.error(
+                at,
+                field("replaces"),
+                format!(
+                    "`{n}` replaces itself: replaces should not contain name of same descriptor"
+                ),
+            ));
+        }
+    }
     if errors.len() > before {
         return None;
     }
@@ -440,7 +629,39 @@ fn rule(
         reserve,
         lease: false,
         source: format!("{}:{}", src.name, src.line_of(at)),
+        quota_mode: v.quota_mode,
+        metadata,
+        share,
     })
+}
+
+/// `merge_domains = false` (`MERGE_DOMAIN_CONFIG=false`) for TOML: a
+/// domain's rules are all in one file.
+fn check_toml_domains_unmerged(rules: &[Rule], sources: &[&Source], errors: &mut Vec<ConfigError>) {
+    let mut first: HashMap<&str, &str> = HashMap::new();
+    for r in rules {
+        let file = r
+            .source
+            .rsplit_once(':')
+            .map_or(r.source.as_str(), |(f, _)| f);
+        if !sources.iter().any(|s| s.name == file) {
+            continue;
+        }
+        match first.get(r.domain.as_str()) {
+            None => {
+                first.insert(&r.domain, file);
+            }
+            Some(f) if *f != file => errors.push(ConfigError::at(
+                &r.source,
+                "rule.domain",
+                format!(
+                    "domain `{}` is also in {f}, and merge_domains is false",
+                    r.domain
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
 }
 
 /// Names are what `replaces` and metrics refer to: they must be unique and
@@ -554,6 +775,57 @@ mod tests {
             }
         }
         assert!(seen >= 2, "examples in {}", dir.display());
+    }
+
+    /// A TOML rule's `time_zone`: `epoch` counts envoyproxy/ratelimit's
+    /// fixed weeks (what `tollgate import` writes), none keeps the UTC
+    /// calendar, and a name that is no zone is refused at its line.
+    #[test]
+    fn a_rule_time_zone() {
+        let rule =
+            "[[rule]]\ndomain = \"d\"\nmatch = [\"k\"]\nlimit = { requests = 1, per = \"week\" }\n";
+        let c = parse_str("t.toml", &format!("{rule}time_zone = \"epoch\"\n")).unwrap();
+        assert_eq!(c.rules.rules[0].limits[0].zone, crate::rules::Zone::Epoch);
+        let c = parse_str("t.toml", rule).unwrap();
+        assert_eq!(c.rules.rules[0].limits[0].zone, crate::rules::Zone::Utc);
+        let e = errors(&format!("{rule}time_zone = \"Mars/Olympus\"\n"));
+        assert!(
+            e[0].starts_with("t.toml:5: rule[0].time_zone: `Mars/Olympus`: not an IANA time zone"),
+            "{e:?}"
+        );
+    }
+
+    /// `merge_domains = false` (the peer's `MERGE_DOMAIN_CONFIG=false`)
+    /// holds for TOML too: one domain's rules in two files are refused,
+    /// naming both; left unset, TOML files merge.
+    #[test]
+    fn toml_domains_in_two_files_with_merge_domains_false() {
+        let a = "[envoy_ratelimit]\nmerge_domains = false\n\n[[rule]]\ndomain = \"d\"\nmatch = [\"k\"]\nlimit = { requests = 1, per = \"minute\" }\n";
+        let b = "[[rule]]\ndomain = \"d\"\nmatch = [\"j\"]\nlimit = { requests = 1, per = \"minute\" }\n";
+        let env = super::PeerEnv::default();
+        let sources = [
+            super::Source::new("a.toml", a),
+            super::Source::new("b.toml", b),
+        ];
+        let e: Vec<String> = super::build(&sources, &env)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "b.toml:1: rule.domain: domain `d` is also in a.toml, and merge_domains is false"
+            ),
+            "{e:?}"
+        );
+        let merged = a.replace("merge_domains = false", "");
+        let sources = [
+            super::Source::new("a.toml", &merged),
+            super::Source::new("b.toml", b),
+        ];
+        assert_eq!(super::build(&sources, &env).unwrap().rules.rules.len(), 2);
     }
 
     #[test]
@@ -716,5 +988,33 @@ limit = { requests = 2, per = "second" }
         let e = errors("[server]\ngrpc_listen = \"127.0.0.1:1\"\nadmin_listen = 9090\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("t.toml:3: server.admin_listen:"), "{e:?}");
+    }
+
+    #[test]
+    fn connection_limits_and_the_body_bound_are_read_and_checked() {
+        let c = parse_str(
+            "t.toml",
+            "[server]\nread_timeout = \"2s\"\nidle_timeout = \"1m\"\nmax_connections = 8\n\n[llm]\nmax_body_bytes = 2000\nmax_buffered_bytes = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.read_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 8);
+        assert_eq!(c.llm.settings.max_buffered_bytes, 5000);
+        // Unset, the bound is at least one body of the largest size.
+        let big = parse_str("t.toml", "[llm]\nmax_body_bytes = 100000000\n").unwrap();
+        assert_eq!(big.llm.settings.max_buffered_bytes, 100_000_000);
+        for (text, field) in [
+            ("[server]\nread_timeout = \"0s\"\n", "server.read_timeout"),
+            ("[server]\nidle_timeout = \"2h\"\n", "server.idle_timeout"),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[llm]\nmax_body_bytes = 2000\nmax_buffered_bytes = 1999\n",
+                "llm.max_buffered_bytes",
+            ),
+        ] {
+            let e = errors(text);
+            assert!(e.iter().any(|e| e.contains(field)), "{text}: {e:?}");
+        }
     }
 }

@@ -44,6 +44,21 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
         }
         s.max_body_bytes = usize::try_from(*b.get_ref()).unwrap_or(usize::MAX);
     }
+    if let Some(b) = v.max_buffered_bytes {
+        s.max_buffered_bytes = usize::try_from(*b.get_ref()).unwrap_or(usize::MAX);
+        if s.max_buffered_bytes < s.max_body_bytes {
+            errors.push(src.error(
+                b.span().start,
+                "llm.max_buffered_bytes",
+                format!(
+                    "{} is below max_body_bytes ({}): a body of the largest size could never be held",
+                    s.max_buffered_bytes, s.max_body_bytes
+                ),
+            ));
+        }
+    } else {
+        s.max_buffered_bytes = s.max_buffered_bytes.max(s.max_body_bytes);
+    }
     if let Some(t) = v.reservation_ttl {
         match humantime::parse_duration(t.get_ref()) {
             Ok(d) if d.as_secs() >= 1 => s.reservation_ttl = d,

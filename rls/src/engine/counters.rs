@@ -166,6 +166,28 @@ impl Counters {
         }
     }
 
+    /// Counts each hit on its own, whatever its limit says
+    /// (envoyproxy/ratelimit's answers, `Store::count`); `admitted` is
+    /// whether no enforced hit went over. When the store fails, answers as
+    /// [`Counters::take`] does.
+    pub async fn count<O: Owner>(&self, op: &'static str, plan: &Plan<O>, now: u64) -> Took {
+        match self.timed(op, self.store.count(plan.hits(), now)).await {
+            Ok(hits) => {
+                self.recovered();
+                let admitted = plan
+                    .hits()
+                    .iter()
+                    .zip(&hits)
+                    .all(|(h, s)| !(s.over && h.enforce));
+                Took {
+                    outcome: TakeOutcome { admitted, hits },
+                    by: AnsweredBy::Store,
+                }
+            }
+            Err(e) => self.by_policy(plan, None, e, now).await,
+        }
+    }
+
     /// Decides leased hits from their slices (asking the store for a slice
     /// when one runs out) and the rest in one store call; all-or-nothing
     /// still: a request the store denies gives its slice hits back.

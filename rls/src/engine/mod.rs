@@ -32,7 +32,7 @@ mod reservation;
 
 pub use admission::{
     Admission, Admitted, Ask, Denied, Finished, Outcome, Rejection, ResponseEnd, ResponseReader,
-    SettledBy, OTHER_MODEL,
+    SettledBy, UsageBound, OTHER_MODEL,
 };
 pub use budget::{
     adjust, cap, BudgetView, Budgets, ClassRatio, Remaining, Reserved, Shares, Ticket, Tuning, Use,

@@ -15,7 +15,8 @@ pub fn window(period: Period, zone: Zone, now_ms: u64) -> (u64, u64) {
         return (start, start + len);
     }
     match zone {
-        Zone::Utc => calendar_window(period, &chrono::Utc, now_ms),
+        // Epoch windows all have a fixed length (above).
+        Zone::Utc | Zone::Epoch => calendar_window(period, &chrono::Utc, now_ms),
         Zone::Named(tz) => calendar_window(period, &tz, now_ms),
     }
 }

@@ -23,19 +23,26 @@ pub enum Period {
 }
 
 /// The time zone whose midnights start a limit's days, weeks, months and
-/// years.
+/// years, or `Epoch`: no calendar at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Zone {
     #[default]
     Utc,
     Named(chrono_tz::Tz),
+    /// envoyproxy/ratelimit's windows: every period one fixed length
+    /// (a week 7 days, a month 30, a year 365) counted from the Unix
+    /// epoch, so its YAML's `week`, `month` and `year` answer as the peer's.
+    Epoch,
 }
 
 impl Zone {
-    /// An IANA name (`Europe/Berlin`), or `UTC`.
+    /// An IANA name (`Europe/Berlin`), `UTC`, or `epoch`.
     pub fn parse(s: &str) -> Option<Zone> {
         if s.eq_ignore_ascii_case("utc") {
             return Some(Zone::Utc);
+        }
+        if s.eq_ignore_ascii_case("epoch") {
+            return Some(Zone::Epoch);
         }
         s.parse::<chrono_tz::Tz>().ok().map(Zone::Named)
     }
@@ -44,6 +51,7 @@ impl Zone {
         match self {
             Zone::Utc => "UTC",
             Zone::Named(tz) => tz.name(),
+            Zone::Epoch => "epoch",
         }
     }
 }
@@ -56,7 +64,7 @@ impl Serialize for Zone {
 
 impl Period {
     /// Whether windows of this period have one length whatever the date:
-    /// seconds, minutes, hours, and UTC days.
+    /// seconds, minutes, hours, UTC days, and every period from the epoch.
     pub fn is_fixed(self, zone: Zone) -> bool {
         self.fixed_millis(zone).is_some()
     }
@@ -65,9 +73,9 @@ impl Period {
     /// long (see [`Period::is_fixed`]).
     pub fn fixed_millis(self, zone: Zone) -> Option<u64> {
         match (self, zone) {
-            (Period::Second | Period::Minute | Period::Hour, _) | (Period::Day, Zone::Utc) => {
-                Some(self.millis())
-            }
+            (Period::Second | Period::Minute | Period::Hour, _)
+            | (Period::Day, Zone::Utc)
+            | (_, Zone::Epoch) => Some(self.millis()),
             _ => None,
         }
     }
@@ -231,6 +239,31 @@ mod tests {
             assert_eq!(p.millis() % p.tick_millis(), 0);
             assert!(Limit::max_amount(p) >= 100_000_000_000, "{p:?}");
         }
+    }
+
+    /// envoyproxy/ratelimit's `now / divider * divider` (utils.go
+    /// `CalculateReset`): epoch weeks start on a Thursday, months are 30
+    /// days, years 365, whatever the calendar says.
+    #[test]
+    fn epoch_windows_are_the_peers() {
+        // 2026-12-02T01:00:00Z, a Wednesday.
+        let now = 1_796_173_200_000u64;
+        for (period, len) in [
+            (Period::Week, 604_800_000u64),
+            (Period::Month, 2_592_000_000),
+            (Period::Year, 31_536_000_000),
+        ] {
+            let l = Limit {
+                zone: Zone::Epoch,
+                ..Limit::new(5, period, Algorithm::FixedWindow)
+            };
+            assert_eq!(l.window(now), (now / len * len, now / len * len + len));
+            assert_ne!(
+                l.window(now),
+                Limit::new(5, period, Algorithm::FixedWindow).window(now)
+            );
+        }
+        assert_eq!(Zone::parse(Zone::Epoch.name()), Some(Zone::Epoch));
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl SettlePolicy {
 #[serde(rename_all = "snake_case")]
 pub enum Estimator {
     /// A real BPE tokenizer for OpenAI-family models: within a few percent,
-    /// at about 50 MB/s; its tables take ~100 MB, loaded at start.
+    /// at about 50 MB/s; a vocabulary takes some 50 MB, built only for the
+    /// configured models that use it (`vocabularies`).
     Bpe,
     /// Bytes ÷ 4: no tables, an order of magnitude faster, looser.
     Bytes,
@@ -75,6 +76,9 @@ pub struct LlmSettings {
     pub estimator: Estimator,
     pub inject_stream_usage: bool,
     pub max_body_bytes: usize,
+    /// Request bodies held at once by every ext_proc stream together
+    /// (waiting requests keep theirs); a body past it is answered 503.
+    pub max_buffered_bytes: usize,
     #[serde(with = "humantime_secs")]
     pub reservation_ttl: Duration,
     /// Client gone mid-stream.
@@ -116,6 +120,7 @@ impl Default for LlmSettings {
             estimator: Estimator::Bpe,
             inject_stream_usage: true,
             max_body_bytes: 4 << 20,
+            max_buffered_bytes: 64 << 20,
             reservation_ttl: Duration::from_secs(600),
             on_abort: SettlePolicy::ChargeStreamed,
             on_upstream_error: SettlePolicy::Refund,

@@ -9,6 +9,8 @@
 //!   cost, in integer micro-units.
 //! * `policy`: what to answer when the store fails; `lease`: which shared
 //!   budgets an instance leases slices of.
+//! * `mode`: how a domain answers (tollgate's all-or-nothing or
+//!   envoyproxy/ratelimit's per-descriptor counting, and its headers).
 
 mod calendar;
 mod class;
@@ -16,6 +18,7 @@ mod identity;
 mod lease;
 mod limit;
 mod llm;
+mod mode;
 mod policy;
 mod price;
 mod quota;
@@ -27,8 +30,9 @@ pub use identity::{Identity, IdentityKey, ValuePattern};
 pub use lease::LeasePolicy;
 pub use limit::{Algorithm, Limit, Period, Zone, MAX_COST};
 pub use llm::{Estimator, LlmConfig, LlmSettings, Model, SettlePolicy};
+pub use mode::{Counting, DomainMode, LimitHeaders};
 pub use policy::FailurePolicy;
 pub use price::{format_micros, micros, MoneyError, Price, MICROS};
 pub use quota::{CountSpec, Quota, QuotaLimit, Tokens};
-pub use rule::{EntryPattern, Rule, RuleId, RuleSet};
+pub use rule::{glob_matches, EntryPattern, Rule, RuleId, RuleSet};
 pub use tree::RuleTree;

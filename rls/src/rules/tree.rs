@@ -1,10 +1,11 @@
 //! envoyproxy/ratelimit's descriptor tree, built from flat match paths.
 //!
 //! At each level of a request descriptor the lookup tries, in order, the
-//! exact `key=value`, then the `key=prefix*` wildcards in config order, then
-//! the bare `key`; it never backtracks. A rule applies only when its node is
-//! reached by the descriptor's last entry.
+//! exact `key=value`, then the wildcards (`key=prefix*`, `key=a*b*c`) in
+//! config order, then the bare `key`; it never backtracks. A rule applies
+//! only when its node is reached by the descriptor's last entry.
 
+use super::rule::glob_matches;
 use super::{EntryPattern, Rule};
 use std::collections::HashMap;
 
@@ -14,9 +15,19 @@ struct Level {
     exact: HashMap<String, HashMap<String, usize>>,
     /// key → the `key=prefix*` patterns of this level.
     prefixes: HashMap<String, Prefixes>,
-    /// Prefix patterns added so far: a pattern's place in config order.
+    /// Wildcard patterns added so far: a pattern's place in config order.
     prefix_count: usize,
+    /// key → the `*`-anywhere patterns of this level: (order, parts, node).
+    globs: HashMap<String, Vec<Glob>>,
     any_value: HashMap<String, usize>,
+}
+
+/// A `*`-anywhere pattern: its place in config order, its parts, its node.
+#[derive(Debug)]
+struct Glob {
+    order: usize,
+    parts: Vec<String>,
+    node: usize,
 }
 
 /// The prefix patterns of one key, grouped by prefix length: a value is
@@ -51,15 +62,15 @@ impl Prefixes {
         self.by_len[at].1.insert(prefix.to_string(), (order, node));
     }
 
-    /// The node of the earliest pattern (in config order) that `value`
-    /// starts with.
-    fn matching(&self, value: &str) -> Option<usize> {
+    /// The earliest pattern (in config order) that `value` starts with:
+    /// (order, node).
+    fn matching(&self, value: &str) -> Option<Pattern> {
         self.by_len
             .iter()
             .take_while(|(len, _)| *len <= value.len())
             .filter_map(|(len, m)| m.get(value.get(..*len)?))
             .min_by_key(|(order, _)| *order)
-            .map(|&(_, node)| node)
+            .copied()
     }
 }
 
@@ -121,6 +132,22 @@ impl RuleTree {
                     }
                 }
             }
+            EntryPattern::Glob { key, parts, .. } => {
+                let order = level.prefix_count;
+                let globs = level.globs.entry(key.clone()).or_default();
+                match globs.iter().find(|g| g.parts == *parts) {
+                    Some(g) => g.node,
+                    None => {
+                        globs.push(Glob {
+                            order,
+                            parts: parts.clone(),
+                            node: fresh,
+                        });
+                        level.prefix_count += 1;
+                        fresh
+                    }
+                }
+            }
         };
         if found == fresh {
             self.nodes.push(Node::default());
@@ -152,10 +179,19 @@ impl RuleTree {
         if let Some(n) = level.exact.get(key).and_then(|values| values.get(value)) {
             return Some(*n);
         }
-        level
-            .prefixes
-            .get(key)
-            .and_then(|p| p.matching(value))
+        let prefix = level.prefixes.get(key).and_then(|p| p.matching(value));
+        let glob = level.globs.get(key).and_then(|globs| {
+            globs
+                .iter()
+                .find(|g| glob_matches(&g.parts, value))
+                .map(|g| (g.order, g.node))
+        });
+        let wildcard = match (prefix, glob) {
+            (Some(p), Some(g)) => Some(if p.0 < g.0 { p } else { g }),
+            (p, g) => p.or(g),
+        };
+        wildcard
+            .map(|(_, node)| node)
             .or_else(|| level.any_value.get(key).copied())
     }
 }
@@ -190,6 +226,9 @@ mod tests {
             reserve: None,
             lease: false,
             source: String::new(),
+            quota_mode: false,
+            metadata: None,
+            share: vec![],
         }
     }
 
@@ -266,6 +305,26 @@ mod tests {
         // A prefix that would end inside a multi-byte character never matches.
         assert_eq!(t.lookup("d", [("q", "/v1")]), None);
         assert_eq!(t.lookup("d", [("q", "é")]), None);
+    }
+
+    /// envoyproxy/ratelimit config_test.go TestWildcardConfig: `*` in the
+    /// middle or several times, in config order with trailing ones.
+    #[test]
+    fn globs_take_their_place_in_config_order() {
+        let rules = [
+            rule("d", &["p=foo*bar*baz"]),
+            rule("d", &["p=foo*"]),
+            rule("d", &["p=/api*v1"]),
+            rule("d", &["p"]),
+        ];
+        let t = tree(&rules);
+        assert_eq!(t.lookup("d", [("p", "foo-bar-baz")]), Some(0));
+        assert_eq!(t.lookup("d", [("p", "foo-baz")]), Some(1));
+        assert_eq!(t.lookup("d", [("p", "/api/x/v1")]), Some(2));
+        assert_eq!(t.lookup("d", [("p", "/api/x/v2")]), Some(3));
+        let rules = [rule("d", &["p=foo*"]), rule("d", &["p=foo*bar*baz"])];
+        let t = tree(&rules);
+        assert_eq!(t.lookup("d", [("p", "foo-bar-baz")]), Some(0), "first wins");
     }
 
     #[test]

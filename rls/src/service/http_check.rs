@@ -25,22 +25,30 @@
 //!   403, which nginx's `auth_request` passes on; map it with `error_page`),
 //!   with `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset`
 //!   and, when denied, `retry-after`.
-//! * `POST /json` with a `RateLimitRequest`-shaped JSON body, answered with
-//!   the statuses as JSON (envoyproxy/ratelimit's `/json`).
+//! * `POST /json` with a `RateLimitRequest` in the protobuf JSON mapping,
+//!   answered with the `RateLimitResponse` in the same mapping
+//!   (lowerCamelCase, zero values left out) and 429 when over the limit:
+//!   envoyproxy/ratelimit's `/json`. Field names in snake_case are read
+//!   too, as protobuf JSON parsers do.
 
-use super::ratelimit::{check_from_proto, MAX_DESCRIPTORS};
+use super::ratelimit::{check_from_proto, response_for, MAX_DESCRIPTORS};
 use crate::app::App;
-use crate::engine::{Code, Decision, DescriptorResult};
+use crate::engine::{Code, Decision};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use envoy_types::pb::google::protobuf::UInt64Value;
+use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as ProtoCode;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, UInt64Value, Value};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -91,12 +99,21 @@ async fn check(
 /// The one decision path both forms share with the gRPC service: the same
 /// validation, the same engine and counters.
 async fn decide(app: &App, request: RateLimitRequest) -> Result<Decision, Response> {
+    decide_with(app, request).await.map(|(d, _)| d)
+}
+
+/// [`decide`], also giving the gRPC service's response for the decision.
+async fn decide_with(
+    app: &App,
+    request: RateLimitRequest,
+) -> Result<(Decision, RateLimitResponse), Response> {
     let check = check_from_proto(request).map_err(bad)?;
     let config = app.config.load();
     let decision = app.engine.limits.decide(&config.rules, &check).await;
     app.metrics
         .decision("http", decision.code == Code::OverLimit);
-    Ok(decision)
+    let response = response_for(&decision, config.rules.mode(&check.domain), &check);
+    Ok((decision, response))
 }
 
 /// The query's `name=value` pairs: the name decoded, the value as sent
@@ -346,29 +363,112 @@ fn add_headers(h: &mut HeaderMap, decision: &Decision) {
     }
 }
 
+/// A `RateLimitRequest` in the protobuf JSON mapping (lowerCamelCase, or
+/// the proto's own snake_case names, as protobuf JSON parsers accept).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonRequest {
-    domain: String,
-    descriptors: Vec<JsonDescriptor>,
     #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    descriptors: Vec<JsonDescriptor>,
+    #[serde(default, rename = "hitsAddend", alias = "hits_addend")]
     hits_addend: u32,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonDescriptor {
-    entries: Vec<JsonEntry>,
-    hits_addend: Option<u64>,
     #[serde(default)]
+    entries: Vec<JsonEntry>,
+    #[serde(default, rename = "hitsAddend", alias = "hits_addend")]
+    hits_addend: Option<JsonU64>,
+    #[serde(default, rename = "isNegativeHits", alias = "is_negative_hits")]
     is_negative_hits: bool,
+    #[serde(default)]
+    limit: Option<JsonOverride>,
+}
+
+/// A 64-bit integer: protobuf JSON writes it as a string, and reads either.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonU64 {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonOverride {
+    #[serde(default, rename = "requestsPerUnit", alias = "requests_per_unit")]
+    requests_per_unit: u32,
+    #[serde(default)]
+    unit: Option<JsonUnit>,
+}
+
+/// An enum: its name, or its number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonUnit {
+    Number(i32),
+    Name(String),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonEntry {
+    #[serde(default)]
     key: String,
+    #[serde(default)]
     value: String,
+}
+
+impl JsonRequest {
+    fn into_proto(self) -> Result<RateLimitRequest, String> {
+        let mut descriptors = Vec::with_capacity(self.descriptors.len());
+        for d in self.descriptors {
+            let hits_addend = match d.hits_addend {
+                None => None,
+                Some(JsonU64::Number(value)) => Some(UInt64Value { value }),
+                Some(JsonU64::Text(t)) => Some(UInt64Value {
+                    value: t
+                        .parse()
+                        .map_err(|_| format!("hitsAddend `{}` is not a number", shorten(&t)))?,
+                }),
+            };
+            let limit = match d.limit {
+                None => None,
+                Some(o) => Some(RateLimitOverride {
+                    requests_per_unit: o.requests_per_unit,
+                    unit: match o.unit {
+                        None => 0,
+                        Some(JsonUnit::Number(n)) => n,
+                        Some(JsonUnit::Name(n)) => RateLimitUnit::from_str_name(&n)
+                            .ok_or_else(|| format!("unit `{}` is not a unit", shorten(&n)))?
+                            as i32,
+                    },
+                }),
+            };
+            descriptors.push(RateLimitDescriptor {
+                entries: d
+                    .entries
+                    .into_iter()
+                    .map(|e| Entry {
+                        key: e.key,
+                        value: e.value,
+                    })
+                    .collect(),
+                hits_addend,
+                is_negative_hits: d.is_negative_hits,
+                limit,
+            });
+        }
+        Ok(RateLimitRequest {
+            domain: self.domain,
+            descriptors,
+            hits_addend: self.hits_addend,
+        })
+    }
 }
 
 async fn json_check(State(app): State<Arc<App>>, body: Bytes) -> Response {
@@ -379,51 +479,116 @@ async fn json_check(State(app): State<Arc<App>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return bad(format!("body is not a RateLimitRequest: {e}")),
     };
-    let request = RateLimitRequest {
-        domain: parsed.domain,
-        descriptors: parsed
-            .descriptors
-            .into_iter()
-            .map(|d| RateLimitDescriptor {
-                entries: d
-                    .entries
-                    .into_iter()
-                    .map(|e| Entry {
-                        key: e.key,
-                        value: e.value,
-                    })
-                    .collect(),
-                hits_addend: d.hits_addend.map(|value| UInt64Value { value }),
-                is_negative_hits: d.is_negative_hits,
-                ..Default::default()
-            })
-            .collect(),
-        hits_addend: parsed.hits_addend,
+    let request = match parsed.into_proto() {
+        Ok(r) => r,
+        Err(e) => return bad(e),
     };
-    let decision = match decide(&app, request).await {
+    let (decision, proto) = match decide_with(&app, request).await {
         Ok(d) => d,
         Err(bad_request) => return bad_request,
     };
-    let code = |c: Code| if c == Code::Ok { "OK" } else { "OVER_LIMIT" };
-    let status = |d: &DescriptorResult| {
-        json!({
-            "code": code(d.code),
-            "current_limit": d.limit.as_ref().map(|m| json!({
-                "name": m.rule,
-                "requests_per_unit": m.limit.amount,
-                "unit": m.limit.period.as_str().to_uppercase(),
-            })),
-            "limit_remaining": d.remaining,
-            "duration_until_reset": format!("{}s", d.reset_after.as_secs()),
-        })
+    let status = if proto.overall_code == ProtoCode::OverLimit as i32 {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        StatusCode::OK
     };
-    let body = json!({
-        "overall_code": code(decision.code),
-        "statuses": decision.descriptors.iter().map(status).collect::<Vec<_>>(),
-    });
-    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    let mut response = (status, axum::Json(response_json(&proto))).into_response();
     add_headers(response.headers_mut(), &decision);
     response
+}
+
+/// A `RateLimitResponse` in the protobuf JSON mapping: lowerCamelCase
+/// names, enums by name, durations as `"1s"`, zero values left out.
+fn response_json(r: &RateLimitResponse) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let code = |c: i32| {
+        ProtoCode::try_from(c)
+            .map(|c| c.as_str_name().to_string())
+            .unwrap_or_else(|_| c.to_string())
+    };
+    if r.overall_code != 0 {
+        out.insert("overallCode".into(), code(r.overall_code).into());
+    }
+    let statuses: Vec<serde_json::Value> = r
+        .statuses
+        .iter()
+        .map(|s| {
+            let mut o = serde_json::Map::new();
+            if s.code != 0 {
+                o.insert("code".into(), code(s.code).into());
+            }
+            if let Some(l) = &s.current_limit {
+                let mut c = serde_json::Map::new();
+                if !l.name.is_empty() {
+                    c.insert("name".into(), l.name.clone().into());
+                }
+                if l.requests_per_unit != 0 {
+                    c.insert("requestsPerUnit".into(), l.requests_per_unit.into());
+                }
+                if l.unit != 0 {
+                    let unit = Unit::try_from(l.unit)
+                        .map(|u| u.as_str_name().to_string())
+                        .unwrap_or_else(|_| l.unit.to_string());
+                    c.insert("unit".into(), unit.into());
+                }
+                o.insert("currentLimit".into(), c.into());
+            }
+            if s.limit_remaining != 0 {
+                o.insert("limitRemaining".into(), s.limit_remaining.into());
+            }
+            if let Some(d) = &s.duration_until_reset {
+                o.insert(
+                    "durationUntilReset".into(),
+                    duration_json(d.seconds, d.nanos).into(),
+                );
+            }
+            o.into()
+        })
+        .collect();
+    if !statuses.is_empty() {
+        out.insert("statuses".into(), statuses.into());
+    }
+    let headers: Vec<serde_json::Value> = r
+        .response_headers_to_add
+        .iter()
+        .map(|h| json!({"key": h.key, "value": h.value}))
+        .collect();
+    if !headers.is_empty() {
+        out.insert("responseHeadersToAdd".into(), headers.into());
+    }
+    if let Some(m) = &r.dynamic_metadata {
+        out.insert("dynamicMetadata".into(), struct_json(m));
+    }
+    out.into()
+}
+
+/// `google.protobuf.Duration` in JSON: seconds with up to 9 decimals.
+fn duration_json(seconds: i64, nanos: i32) -> String {
+    if nanos == 0 {
+        format!("{seconds}s")
+    } else {
+        let frac = format!("{:09}", nanos.unsigned_abs());
+        format!("{seconds}.{}s", frac.trim_end_matches('0'))
+    }
+}
+
+fn struct_json(s: &Struct) -> serde_json::Value {
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_json(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn value_json(v: &Value) -> serde_json::Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => (*b).into(),
+        Some(Kind::NumberValue(n)) => (*n).into(),
+        Some(Kind::StringValue(s)) => s.clone().into(),
+        Some(Kind::ListValue(l)) => l.values.iter().map(value_json).collect(),
+        Some(Kind::StructValue(s)) => struct_json(s),
+    }
 }
 
 #[cfg(test)]

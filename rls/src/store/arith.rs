@@ -103,6 +103,19 @@ pub fn charge(limit: &Limit, cell: Option<&Cell>, cost: u64, now_ms: u64) -> Out
     }
 }
 
+/// Counts `cost` whatever the limit says, as envoyproxy/ratelimit's
+/// `INCRBY` does: `over` says whether the hit did not fit, and the count
+/// (or the bucket's debt) keeps it, so later hits see it.
+pub fn count(limit: &Limit, cell: Option<&Cell>, cost: u64, now_ms: u64) -> Outcome {
+    let over = hit(limit, cell, cost, false, now_ms).state.over;
+    let mut out = charge(limit, cell, cost, now_ms);
+    out.state.over = over;
+    if over {
+        out.state.retry_after_ms = out.state.reset_after_ms;
+    }
+    out
+}
+
 /// Gives `cost` back to the window or bucket it was taken from. A window
 /// whose counter is gone has ended: the refund is dropped (`None`), as it
 /// would otherwise inflate a window that no longer exists. An absent bucket

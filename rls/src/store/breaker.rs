@@ -314,6 +314,10 @@ impl Store for Breaker {
         self.call(self.inner.give_back(hits, now_ms)).await
     }
 
+    async fn count(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError> {
+        self.call(self.inner.count(hits, now_ms)).await
+    }
+
     async fn settle(
         &self,
         record_key: &str,
@@ -427,6 +431,9 @@ mod tests {
             })
         }
         async fn give_back(&self, _: &[Hit], _: u64) -> Result<Vec<HitState>, StoreError> {
+            self.answer().map(|_| vec![])
+        }
+        async fn count(&self, _: &[Hit], _: u64) -> Result<Vec<HitState>, StoreError> {
             self.answer().map(|_| vec![])
         }
         async fn settle(

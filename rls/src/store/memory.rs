@@ -198,6 +198,28 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn count(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError> {
+        let keys: Vec<Key> = hits
+            .iter()
+            .map(|h| self.key(counter_key(&h.key, &h.counter, now_ms)))
+            .collect();
+        let mut locked = self.lock(keys.iter().map(|k| k.shard), now_ms);
+        let mut states = Vec::with_capacity(hits.len());
+        for (hit, key) in hits.iter().zip(keys) {
+            let cell = locked.get(&key);
+            let out = match hit.counter {
+                Counter::Rate(limit) => arith::count(&limit, cell.as_ref(), hit.cost, now_ms),
+                Counter::Slots { max } => {
+                    arith::slots_hit(max, cell.as_ref(), 0, true, "", now_ms, now_ms)
+                }
+            };
+            states.push(out.state);
+            locked.put(key, out.cell, out.ttl_ms);
+        }
+        locked.commit();
+        Ok(states)
+    }
+
     async fn give_back(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError> {
         let keys: Vec<Key> = hits
             .iter()

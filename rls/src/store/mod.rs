@@ -111,6 +111,13 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<TakeOutcome, StoreError>;
 
+    /// Counts every hit on its own, whatever its limit says (a window may
+    /// pass it, a bucket goes into debt), and says of each whether it did
+    /// not fit: envoyproxy/ratelimit's per-descriptor `INCRBY`, for domains
+    /// that answer as it does. Never denies the others; `Slots` are only
+    /// checked.
+    async fn count(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError>;
+
     /// Gives the hits' costs back to the current window or bucket
     /// (`is_negative_hits`). Never denies.
     async fn give_back(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError>;

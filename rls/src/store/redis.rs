@@ -49,6 +49,17 @@ pub struct RedisStore {
     rollback_failures: Repeats,
 }
 
+/// What take.lua does with its counters (its `ARGV[2]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Give the costs back (refunds; never denies).
+    GiveBack = 0,
+    /// Take all or nothing.
+    Take = 1,
+    /// Count each whatever its limit (envoyproxy/ratelimit's `INCRBY`).
+    Count = 2,
+}
+
 /// The 7 values `common.lua`'s `spec()` reads for one counter.
 fn push_spec(
     call: &mut ScriptInvocation<'_>,
@@ -278,10 +289,10 @@ impl RedisStore {
         hold: Option<&Hold>,
         record: bool,
         now_ms: u64,
-        taking: bool,
+        mode: Mode,
     ) -> Result<(bool, Vec<HitState>), StoreError> {
         let mut call = self.take.prepare_invoke();
-        call.arg(now_ms).arg(if taking { 1 } else { 0 });
+        call.arg(now_ms).arg(mode as u8);
         match hold {
             Some(h) if record => call.arg(&h.holder).arg(h.ttl_ms).arg(&h.record[..]),
             Some(h) => call.arg(&h.holder).arg(h.ttl_ms).arg(""),
@@ -303,6 +314,36 @@ impl RedisStore {
         let reply: Vec<i64> = self.invoke(&call).await?;
         let states = parse_states(&reply, hits.len())?;
         Ok((reply.first() == Some(&1), states))
+    }
+
+    /// Hits that never deny each other (giving back, counting): one call,
+    /// or per slot in a cluster, in any order.
+    async fn each_hit(
+        &self,
+        hits: &[Hit],
+        now_ms: u64,
+        mode: Mode,
+    ) -> Result<Vec<HitState>, StoreError> {
+        if hits.is_empty() {
+            return Ok(vec![]);
+        }
+        if !self.is_cluster() {
+            let refs: Vec<&Hit> = hits.iter().collect();
+            return Ok(self.run(&refs, None, false, now_ms, mode).await?.1);
+        }
+        let mut states = vec![UNKNOWN; hits.len()];
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, h) in hits.iter().enumerate() {
+            groups.entry(tag(&h.key)).or_default().push(i);
+        }
+        for idx in groups.values() {
+            let group: Vec<&Hit> = idx.iter().map(|&i| &hits[i]).collect();
+            let (_, got) = self.run(&group, None, false, now_ms, mode).await?;
+            for (&i, st) in idx.iter().zip(got) {
+                states[i] = st;
+            }
+        }
+        Ok(states)
     }
 
     /// One settle.lua call; `checked` makes it conditional on the record.
@@ -368,7 +409,7 @@ impl RedisStore {
         for (t, idx) in &groups {
             let group: Vec<&Hit> = idx.iter().map(|&i| &hits[i]).collect();
             let record = record_tag == Some(*t);
-            let step = self.run(&group, hold, record, now_ms, true).await;
+            let step = self.run(&group, hold, record, now_ms, Mode::Take).await;
             let (admitted, got) = match step {
                 Ok(x) => x,
                 Err(e) => {
@@ -502,32 +543,18 @@ impl Store for RedisStore {
             return self.take_by_slot(hits, hold, now_ms).await;
         }
         let refs: Vec<&Hit> = hits.iter().collect();
-        let (admitted, hits) = self.run(&refs, hold, hold.is_some(), now_ms, true).await?;
+        let (admitted, hits) = self
+            .run(&refs, hold, hold.is_some(), now_ms, Mode::Take)
+            .await?;
         Ok(TakeOutcome { admitted, hits })
     }
 
     async fn give_back(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError> {
-        if hits.is_empty() {
-            return Ok(vec![]);
-        }
-        if !self.is_cluster() {
-            let refs: Vec<&Hit> = hits.iter().collect();
-            return Ok(self.run(&refs, None, false, now_ms, false).await?.1);
-        }
-        // Giving back never denies: per slot, in any order.
-        let mut states = vec![UNKNOWN; hits.len()];
-        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, h) in hits.iter().enumerate() {
-            groups.entry(tag(&h.key)).or_default().push(i);
-        }
-        for idx in groups.values() {
-            let group: Vec<&Hit> = idx.iter().map(|&i| &hits[i]).collect();
-            let (_, got) = self.run(&group, None, false, now_ms, false).await?;
-            for (&i, st) in idx.iter().zip(got) {
-                states[i] = st;
-            }
-        }
-        Ok(states)
+        self.each_hit(hits, now_ms, Mode::GiveBack).await
+    }
+
+    async fn count(&self, hits: &[Hit], now_ms: u64) -> Result<Vec<HitState>, StoreError> {
+        self.each_hit(hits, now_ms, Mode::Count).await
     }
 
     async fn settle(
@@ -584,7 +611,7 @@ impl Store for RedisStore {
             enforce: false,
         };
         let now_ms = crate::engine::Clock::System.now_ms();
-        self.run(&[&probe], None, false, now_ms, true)
+        self.run(&[&probe], None, false, now_ms, Mode::Take)
             .await
             .map(|_| ())
     }

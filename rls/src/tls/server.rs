@@ -9,6 +9,7 @@
 
 use super::pem::{self, TlsError};
 use crate::config::ServerTlsFiles;
+use crate::listen::{self, Gate, Guarded};
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
@@ -144,46 +145,43 @@ impl ServerTls {
         }
     }
 
-    /// Accepts TCP connections on `listener`, handshakes each in its own
-    /// task, and yields the finished TLS streams. Stops when the stream is
-    /// dropped (tonic drops it on shutdown).
+    /// Accepts TCP connections on `listener` under `gate`'s cap,
+    /// handshakes each in its own task, and yields the finished TLS
+    /// streams, each bound to send the HTTP/2 preface within the gate's
+    /// `read_timeout`. Stops when the stream is dropped (tonic drops it on
+    /// shutdown).
     pub fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
-    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        gate: Arc<Gate>,
+    ) -> ReceiverStream<std::io::Result<Guarded<TlsStream<Guarded<TcpStream>>>>> {
         let (tx, rx) = mpsc::channel(ACCEPTED_BACKLOG);
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
-                    a = listener.accept() => a,
+                    a = listen::accept(&listener, &gate) => a,
                     _ = tx.closed() => return,
                 };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors, say: wait rather than spin.
-                        tracing::warn!(error = %e, "grpc accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                let Some((tcp, slot)) = accepted else {
+                    continue;
                 };
-                // Envoy sends small messages on long-lived HTTP/2
-                // connections; Nagle would add up to 40 ms to each.
-                let _ = tcp.set_nodelay(true);
+                let peer = tcp.peer_addr().ok();
+                let tcp = gate.hold(tcp, slot);
                 let acceptor = TlsAcceptor::from(self.config.load_full());
-                let (tx, metrics) = (tx.clone(), self.metrics.clone());
+                let (tx, metrics, gate) = (tx.clone(), self.metrics.clone(), gate.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
+                            let stream = gate.first_bytes(stream, listen::H2_PREFACE_LEN, None);
                             let _ = tx.send(Ok(stream)).await;
                         }
                         Ok(Err(e)) => {
                             metrics.tls_handshake_errors.inc();
-                            tracing::debug!(%peer, error = %e, "tls handshake failed");
+                            tracing::debug!(?peer, error = %e, "tls handshake failed");
                         }
                         Err(_) => {
                             metrics.tls_handshake_errors.inc();
-                            tracing::debug!(%peer, "tls handshake timed out");
+                            tracing::debug!(?peer, "tls handshake timed out");
                         }
                     }
                 });

@@ -14,12 +14,14 @@
 //! into a settlement by the configured policies. Every outcome is counted
 //! and logged in one place (`observe`).
 
+mod bound;
 mod observe;
 mod outcome;
 mod request;
 mod response;
 mod stages;
 
+pub use bound::UsageBound;
 pub use outcome::{Admitted, Ask, Denied, Finished, Outcome, Rejection, ResponseEnd, SettledBy};
 pub use response::ResponseReader;
 pub use stages::OTHER_MODEL;
@@ -54,8 +56,7 @@ impl Admission {
 
     async fn run(&self, ask: Ask<'_>, on_wait: impl FnMut(Duration)) -> Outcome {
         let llm = ask.llm;
-        let request = match request::read(&llm.settings, ask.endpoint, ask.body, ask.complete).await
-        {
+        let request = match request::read(llm, ask.endpoint, ask.body, ask.complete).await {
             Ok(r) => r,
             Err(r) => return Outcome::Rejected(r),
         };
@@ -131,6 +132,7 @@ impl Admission {
                         endpoint: ask.endpoint,
                         streamed: request.stream,
                         model_label: candidate.label.clone(),
+                        usage_bound: UsageBound::new(candidate.context, request.max_output_tokens),
                     };
                     let admitted = upstream_body(llm, admitted, ask.body, request);
                     return Outcome::Admitted(Box::new(admitted));
@@ -167,6 +169,7 @@ impl Admission {
         admitted: &Admitted,
         end: ResponseEnd,
     ) -> Finished {
+        let end = bound::checked(self.budgets.counters().metrics(), admitted, end);
         let (settlement, how) = settlement(settings, &admitted.reservation.estimate, end);
         let finished = match self.budgets.settle(&admitted.reservation, settlement).await {
             Ok(true) => Finished::Settled(how),

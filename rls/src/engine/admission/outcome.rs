@@ -58,6 +58,8 @@ pub struct Admitted {
     pub streamed: bool,
     /// The `model` label of its metrics: a configured model, or `_other`.
     pub model_label: String,
+    /// The most its response may charge (`bound`).
+    pub usage_bound: super::bound::UsageBound,
 }
 
 impl Admitted {

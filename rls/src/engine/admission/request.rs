@@ -2,7 +2,8 @@
 //! prompt counted.
 
 use super::outcome::Rejection;
-use crate::rules::{Estimator, LlmSettings};
+use crate::rules::{Estimator, LlmConfig};
+use crate::vocabularies;
 use tollgate_filters::{self as filters, Endpoint, LlmRequest};
 
 /// Request bodies above this are parsed off the async reactor: BPE runs at
@@ -11,23 +12,32 @@ use tollgate_filters::{self as filters, Endpoint, LlmRequest};
 const BLOCKING_PARSE_BYTES: usize = 32 << 10;
 
 /// Parses `body`, refusing it when it is over `max_body_bytes` or was cut
-/// by the proxy's buffer.
+/// by the proxy's buffer. The prompt is counted with a BPE only for models
+/// whose vocabulary the config wants, or that is built already
+/// (`vocabularies`).
 pub(super) async fn read(
-    settings: &LlmSettings,
+    llm: &LlmConfig,
     endpoint: Endpoint,
     body: &[u8],
     complete: bool,
 ) -> Result<LlmRequest, Rejection> {
+    let settings = &llm.settings;
     if body.len() > settings.max_body_bytes || !complete {
         // Envoy sends the whole body in BUFFERED mode; a partial one
         // means it exceeded Envoy's buffer.
         return Err(Rejection::TooLarge { bytes: body.len() });
     }
     let bpe = settings.estimator == Estimator::Bpe;
-    let parsed = if body.len() > BLOCKING_PARSE_BYTES {
+    let wanted = vocabularies::wanted(llm);
+    // While a vocabulary is being built (at start, after a reload), a
+    // parse that needs it would wait for it: not on the event loop.
+    let blocking = body.len() > BLOCKING_PARSE_BYTES || vocabularies::loading(llm);
+    let parsed = if blocking {
         let owned = body.to_vec();
-        match tokio::task::spawn_blocking(move || filters::parse_request(endpoint, &owned, bpe))
-            .await
+        match tokio::task::spawn_blocking(move || {
+            filters::parse_request_with(endpoint, &owned, |m| vocabularies::choose(&wanted, m, bpe))
+        })
+        .await
         {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -38,7 +48,7 @@ pub(super) async fn read(
             }
         }
     } else {
-        filters::parse_request(endpoint, body, bpe)
+        filters::parse_request_with(endpoint, body, |m| vocabularies::choose(&wanted, m, bpe))
     };
     parsed.map_err(Rejection::Unreadable)
 }

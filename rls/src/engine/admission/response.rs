@@ -1,24 +1,21 @@
 //! Reading an admitted request's response for its usage as it passes:
 //! the chunks themselves go on to the client untouched and at once; only
-//! what the usage needs is kept.
+//! what the usage needs is kept. A JSON body is scanned as it passes
+//! (`JsonUsage`: a few hundred bytes whatever its size), an SSE stream is
+//! kept one line at a time (at most 1 MiB, `SseUsage`).
 
 use super::outcome::ResponseEnd;
 use crate::rules::Tokens;
-use tollgate_filters::{self as filters, Endpoint, SseUsage};
-
-/// Largest non-streamed response body kept to read its usage; above it the
-/// body still passes through, only the usage is not read.
-const MAX_JSON_RESPONSE: usize = 8 << 20;
+use tollgate_filters::{Endpoint, JsonUsage, SseUsage};
 
 /// Follows one response body.
 pub struct ResponseReader {
-    endpoint: Endpoint,
     status: u16,
     body: Body,
 }
 
 enum Body {
-    Json { kept: Vec<u8>, too_big: bool },
+    Json(Box<JsonUsage>),
     Sse(Box<SseUsage>),
 }
 
@@ -39,28 +36,15 @@ impl ResponseReader {
         let body = if sse {
             Body::Sse(Box::new(SseUsage::new(endpoint)))
         } else {
-            Body::Json {
-                kept: Vec::new(),
-                too_big: false,
-            }
+            Body::Json(Box::new(JsonUsage::new(endpoint)))
         };
-        ResponseReader {
-            endpoint,
-            status,
-            body,
-        }
+        ResponseReader { status, body }
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
         match &mut self.body {
             Body::Sse(p) => p.feed(chunk),
-            Body::Json { kept, too_big } => {
-                if kept.len() + chunk.len() <= MAX_JSON_RESPONSE {
-                    kept.extend_from_slice(chunk);
-                } else {
-                    *too_big = true;
-                }
-            }
+            Body::Json(p) => p.feed(chunk),
         }
     }
 
@@ -71,16 +55,13 @@ impl ResponseReader {
                 p.finish();
                 p.usage()
             }
-            Body::Json { kept, too_big } if !*too_big => {
-                match filters::usage_from_json(self.endpoint, kept) {
-                    Ok(u) => u,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "response body is not JSON with usage");
-                        None
-                    }
+            Body::Json(p) => match p.finish() {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "response body is not JSON with usage");
+                    None
                 }
-            }
-            Body::Json { .. } => None,
+            },
         };
         ResponseEnd::Completed {
             status: self.status,
@@ -104,7 +85,64 @@ impl ResponseReader {
     fn output_bytes(&self) -> u64 {
         match &self.body {
             Body::Sse(p) => p.output_bytes(),
-            Body::Json { .. } => 0,
+            Body::Json(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completed(r: &mut ResponseReader) -> Option<Tokens> {
+        match r.completed() {
+            ResponseEnd::Completed { usage, .. } => usage,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_usage_at_the_end_of_a_long_json_body_is_read() {
+        // 12 MiB of completion before the usage: over the 8 MiB that was
+        // once kept whole (and then not read at all).
+        let mut r = ResponseReader::new(
+            Endpoint::ChatCompletions,
+            200,
+            Some("application/json"),
+            false,
+        );
+        r.feed(br#"{"choices":[{"message":{"content":""#);
+        let text = vec![b'a'; 1 << 20];
+        for _ in 0..12 {
+            r.feed(&text);
+        }
+        r.feed(br#""}}],"usage":{"prompt_tokens":7,"completion_tokens":3000000}}"#);
+        assert_eq!(
+            completed(&mut r),
+            Some(Tokens {
+                prompt: 7,
+                completion: 3_000_000,
+                cached: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_json_body_split_anywhere_gives_its_usage() {
+        let body = br#"{"id":"x","usage":{"prompt_tokens":11,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":3}}}"#;
+        for cut in 0..body.len() {
+            let mut r = ResponseReader::new(Endpoint::ChatCompletions, 200, None, false);
+            r.feed(&body[..cut]);
+            r.feed(&body[cut..]);
+            assert_eq!(
+                completed(&mut r),
+                Some(Tokens {
+                    prompt: 11,
+                    completion: 2,
+                    cached: 3
+                }),
+                "cut at {cut}"
+            );
         }
     }
 }

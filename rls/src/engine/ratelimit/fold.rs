@@ -5,11 +5,13 @@
 use super::check::{Check, Code, DescriptorResult, MatchedLimit};
 use super::RuleHit;
 use crate::metrics::{HitOutcome, Metrics};
-use crate::rules::Rule;
+use crate::rules::{DomainMode, Rule};
 use crate::store::{Counter, Hit, HitState};
 use std::time::Duration;
 
-/// One result per descriptor: OK and no limit until a hit says otherwise.
+/// One result per descriptor: OK, no limit and nothing left until a hit
+/// says otherwise (envoyproxy/ratelimit's answer for a descriptor no limit
+/// applies to).
 pub(super) fn empty_results(check: &Check) -> Vec<DescriptorResult> {
     check
         .descriptors
@@ -17,17 +19,21 @@ pub(super) fn empty_results(check: &Check) -> Vec<DescriptorResult> {
         .map(|_| DescriptorResult {
             code: Code::Ok,
             limit: None,
-            remaining: u64::from(u32::MAX),
+            remaining: 0,
             reset_after: Duration::ZERO,
             retry_after: Duration::ZERO,
+            quota: false,
+            metadata: None,
         })
         .collect()
 }
 
 /// Folds one hit's state into its descriptor's result: the limit that
-/// denied is reported, else the one with the least left.
+/// denied is reported, else the one with the least left. Over the limit,
+/// nothing is left (as envoyproxy/ratelimit answers), whatever the store
+/// did not take.
 pub(super) fn report(r: &mut DescriptorResult, hit: &Hit, rule: &Rule, st: &HitState) {
-    let denies = st.over && hit.enforce;
+    let denies = st.over && !rule.shadow;
     let better = match (&r.limit, denies, r.code) {
         (None, _, _) => true,
         (Some(_), true, Code::Ok) => true,
@@ -42,24 +48,61 @@ pub(super) fn report(r: &mut DescriptorResult, hit: &Hit, rule: &Rule, st: &HitS
         if let Counter::Rate(limit) = hit.counter {
             r.limit = Some(MatchedLimit {
                 limit,
-                rule: rule.label.clone(),
+                rule: rule.wire_name().to_string(),
             });
         }
-        r.remaining = st.remaining;
+        r.remaining = if st.over { 0 } else { st.remaining };
         r.reset_after = Duration::from_millis(st.reset_after_ms);
+    }
+    if r.code == Code::OverLimit {
+        r.remaining = 0;
+    }
+}
+
+/// The request's code from its descriptors' (envoyproxy/ratelimit's rule):
+/// over the limit when any descriptor not in quota mode is, or when every
+/// quota-mode descriptor is; and never under global shadow mode.
+pub(super) fn overall(mode: &DomainMode, results: &[DescriptorResult]) -> Code {
+    let (mut failed, mut quotas, mut failed_quotas) = (0, 0, 0);
+    for r in results.iter().filter(|r| r.limit.is_some()) {
+        let over = r.code == Code::OverLimit;
+        match (r.quota, over) {
+            (true, true) => {
+                quotas += 1;
+                failed_quotas += 1;
+            }
+            (true, false) => quotas += 1,
+            (false, true) => failed += 1,
+            (false, false) => {}
+        }
+    }
+    let over = failed > 0 || (quotas > 0 && quotas == failed_quotas);
+    if over && !mode.shadow {
+        Code::OverLimit
+    } else {
+        Code::Ok
     }
 }
 
 /// Counts one hit in its rule's counters.
-pub(super) fn count(metrics: &Metrics, check: &Check, hit: &Hit, owner: &RuleHit, st: &HitState) {
+pub(super) fn count(
+    metrics: &Metrics,
+    mode: &DomainMode,
+    check: &Check,
+    hit: &Hit,
+    owner: &RuleHit,
+    st: &HitState,
+) {
     let outcome = if st.over {
         HitOutcome::Over {
-            shadow: owner.rule.shadow,
+            shadow: owner.rule.shadow || mode.shadow,
         }
     } else {
-        // Past 80% of the limit after this hit, as envoyproxy/ratelimit.
+        // Past the near-limit share of the limit after this hit (80% by
+        // default), as envoyproxy/ratelimit counts it.
+        let amount = amount(&hit.counter);
         HitOutcome::Within {
-            near: st.remaining * 5 < amount(&hit.counter),
+            near: amount.saturating_sub(st.remaining) > mode.near_threshold(amount),
         }
     };
     let detail = owner

@@ -258,6 +258,44 @@ impl Exchange {
             .await;
     }
 
+    /// A request body the service did not keep (over `[llm]
+    /// max_buffered_bytes`, `held`): an LLM request is answered 503 at once,
+    /// nothing reserved; one that is not an LLM request continues (Envoy
+    /// has its own copy); a second body is refused as any second body is.
+    pub fn on_refused_body(
+        &mut self,
+        msg: ProcessingRequest,
+    ) -> Result<Option<ProcessingResponse>, tonic::Status> {
+        let endpoint = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Request(Some(facts)) => facts.endpoint,
+            Phase::Request(None) => {
+                Facts::Attributes(&msg.attributes)
+                    .request(&self.config.llm.settings, false)
+                    .endpoint
+            }
+            Phase::Passthrough => {
+                self.phase = Phase::Passthrough;
+                return Ok(Some(reply::request_body(vec![], None, None)));
+            }
+            other => {
+                self.phase = other;
+                return Err(self.second_body());
+            }
+        };
+        Ok(Some(match endpoint {
+            Some(e) => {
+                self.app
+                    .metrics
+                    .llm_request(crate::engine::OTHER_MODEL, "overloaded");
+                super::held::overloaded(e.provider())
+            }
+            None => {
+                self.phase = Phase::Passthrough;
+                reply::request_body(vec![], None, None)
+            }
+        }))
+    }
+
     fn second_body(&self) -> tonic::Status {
         self.app
             .metrics
