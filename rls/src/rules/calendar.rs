@@ -190,7 +190,10 @@ mod tests {
         let day29 = window(Period::Day, apia, ms("2011-12-30T09:00:00Z"));
         assert_eq!(
             day29,
-            (ms("2011-12-29T00:00:00-10:00"), ms("2011-12-31T00:00:00+14:00"))
+            (
+                ms("2011-12-29T00:00:00-10:00"),
+                ms("2011-12-31T00:00:00+14:00")
+            )
         );
         let day31 = window(Period::Day, apia, ms("2011-12-30T10:00:00Z"));
         assert_eq!(day31.0, day29.1);
