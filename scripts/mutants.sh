@@ -5,7 +5,8 @@
 # files; it is not part of CI (minutes to an hour per file).
 #
 #   scripts/mutants.sh            every target below, one after the other
-#   scripts/mutants.sh arith      one target (arith, filters, shares)
+#   scripts/mutants.sh arith      one target (arith, filters, shares, money,
+#                                 calendar, keys)
 #   scripts/mutants.sh arith -- --re refill   extra cargo-mutants arguments
 #
 # Each target names the tests that hold its file, so a mutant is built and
@@ -18,7 +19,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
-targets=(arith filters shares)
+targets=(arith filters shares money calendar keys)
 
 usage() {
   local IFS='|'
@@ -40,6 +41,15 @@ mutants_args() {
       ;;
     shares)
       echo "--file rls/src/engine/budget/shares.rs --package tollgate --cargo-arg=--lib"
+      ;;
+    money)
+      echo "--file rls/src/rules/price.rs --package tollgate --cargo-arg=--lib --cargo-arg=--test=money"
+      ;;
+    calendar)
+      echo "--file rls/src/rules/calendar.rs --package tollgate --cargo-arg=--lib"
+      ;;
+    keys)
+      echo "--file rls/src/store/keys.rs --package tollgate --cargo-arg=--lib --cargo-arg=--test=stores"
       ;;
     *) usage ;;
   esac
@@ -63,8 +73,9 @@ done
 
 for t in "${chosen[@]}"; do
   mutants_args "$t" >/dev/null
-  if [ "$t" = arith ] && ! command -v redis-server >/dev/null; then
-    echo "arith: the store suite needs redis-server (scripts/install-test-deps.sh)" >&2
+  if { [ "$t" = arith ] || [ "$t" = keys ] || [ "$t" = money ]; } &&
+    ! command -v redis-server >/dev/null; then
+    echo "$t: its tests need redis-server (scripts/install-test-deps.sh)" >&2
     exit 1
   fi
 done
@@ -79,7 +90,7 @@ for t in "${chosen[@]}"; do
   echo "==> cargo mutants $* -o $out ${extra[*]}"
   start=$SECONDS
   # cargo-mutants exits 2 when some mutant was missed, 3 on a timeout.
-  nice cargo mutants "$@" -o "$out" "${extra[@]}" || status=$?
+  nice -n 19 cargo mutants "$@" -o "$out" "${extra[@]}" || status=$?
   echo "<== $t: $((SECONDS - start)) s"
   for kind in caught missed unviable timeout; do
     f="$out/mutants.out/$kind.txt"

@@ -57,8 +57,9 @@ fn bounds(period: Period, day: NaiveDate) -> (NaiveDate, NaiveDate) {
 /// daylight-saving change skips midnight, the first local time after it.
 fn midnight<Z: TimeZone>(zone: &Z, day: NaiveDate) -> u64 {
     let mut local: NaiveDateTime = day.and_time(chrono::NaiveTime::MIN);
-    // Gaps are at most a few hours; look in 15-minute steps.
-    for _ in 0..24 * 4 {
+    // A gap is at most a day (Samoa skipped 2011-12-30): look in 15-minute
+    // steps up to and including the next midnight.
+    for _ in 0..=24 * 4 {
         if let Some(t) = zone.from_local_datetime(&local).earliest() {
             return u64::try_from(t.timestamp_millis()).unwrap_or(0);
         }
@@ -178,5 +179,49 @@ mod tests {
         let santiago = zone("America/Santiago");
         let (s, _) = window(Period::Day, santiago, ms("2026-09-06T12:00:00Z"));
         assert_eq!(s, ms("2026-09-06T01:00:00-03:00"));
+    }
+
+    #[test]
+    fn a_skipped_day_ends_the_day_before_at_the_next_ones_first_moment() {
+        // Samoa skipped 2011-12-30 entirely: 23:59:59 on the 29th (-10:00)
+        // was followed by 00:00 on the 31st (+14:00). The 29th is 24 hours,
+        // and the 31st starts where it ends: windows tile, never overlap.
+        let apia = zone("Pacific/Apia");
+        let day29 = window(Period::Day, apia, ms("2011-12-30T09:00:00Z"));
+        assert_eq!(
+            day29,
+            (
+                ms("2011-12-29T00:00:00-10:00"),
+                ms("2011-12-31T00:00:00+14:00")
+            )
+        );
+        let day31 = window(Period::Day, apia, ms("2011-12-30T10:00:00Z"));
+        assert_eq!(day31.0, day29.1);
+        assert_eq!(day31.1, ms("2012-01-01T00:00:00+14:00"));
+    }
+
+    #[test]
+    fn the_window_holds_the_instant_even_where_the_calendar_ends() {
+        // chrono's calendar ends on 262142-12-31: that day's month has no
+        // next month to end at, so it ends just after the instant.
+        let last_day = NaiveDate::from_ymd_opt(262_142, 12, 31)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis() as u64;
+        for period in [Period::Week, Period::Month, Period::Year] {
+            let (s, e) = window(period, Zone::Utc, last_day);
+            assert!(s <= last_day && last_day < e, "{period:?}: {s} {e}");
+        }
+        // Past it there is no calendar: one window of the period's usual
+        // length, aligned to the epoch, that holds the instant.
+        let beyond = 9_000_000_000_000_000;
+        for period in [Period::Week, Period::Month, Period::Year] {
+            let (s, e) = window(period, Zone::Utc, beyond);
+            assert!(s <= beyond && beyond < e, "{period:?}: {s} {e}");
+            assert_eq!(e - s, period.nominal_millis(), "{period:?}");
+            assert_eq!(s % period.nominal_millis(), 0, "{period:?}");
+        }
     }
 }

@@ -54,8 +54,10 @@ pub fn micros(amount: f64) -> Result<u64, MoneyError> {
     }
     let scaled = amount * MICROS as f64;
     let rounded = scaled.round();
-    // A decimal with six places is within float error of an integer.
-    if (scaled - rounded).abs() > (scaled * 1e-14).max(1e-3) {
+    // A decimal with six places is within float error of an integer: a
+    // relative error of a few 1e-16 (two roundings: parsing, scaling).
+    // Any absolute slack would let a seventh decimal through.
+    if (scaled - rounded).abs() > scaled * 1e-14 {
         return Err(MoneyError::TooPrecise(amount));
     }
     Ok(rounded as u64)
@@ -149,6 +151,39 @@ mod tests {
         assert!(matches!(micros(-1.0), Err(MoneyError::Negative(_))));
         assert!(matches!(micros(f64::NAN), Err(MoneyError::Negative(_))));
         assert!(matches!(micros(2e12), Err(MoneyError::TooLarge(_))));
+    }
+
+    #[test]
+    fn the_largest_amount_is_1e12_itself() {
+        assert_eq!(micros(1e12), Ok(1_000_000_000_000_000_000));
+        assert!(matches!(micros(1e12 + 1.0), Err(MoneyError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_seventh_decimal_is_refused_however_small() {
+        // Not 0.000001 with the rest dropped, nor 0 for a billionth: a
+        // price or budget is what was written or a clear error.
+        for amount in [0.0000010004, 0.000000001, 0.0000019, 12.3456789] {
+            assert!(
+                matches!(micros(amount), Err(MoneyError::TooPrecise(_))),
+                "{amount}"
+            );
+        }
+    }
+
+    #[test]
+    fn six_decimals_are_exact_at_every_magnitude() {
+        for (amount, want) in [
+            (0.000001, 1),
+            (0.000003, 3),
+            (0.999999, 999_999),
+            (7.000001, 7_000_001),
+            (1234.567891, 1_234_567_891),
+            (999_999.999999, 999_999_999_999),
+            (123_456_789.123456, 123_456_789_123_456),
+        ] {
+            assert_eq!(micros(amount), Ok(want), "{amount}");
+        }
     }
 
     #[test]
