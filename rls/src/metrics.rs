@@ -3,22 +3,30 @@
 //! the number of series is bounded by the config. The one exception is a
 //! rule with `detailed_metric = true`, which an operator turns on
 //! deliberately; its descriptor values are capped per rule.
+//!
+//! Each group of families (rules, store, LLM, quotas, reloads, leases,
+//! guards, marketplace) is built in its own submodule; this file holds the
+//! `Metrics` handle and the calls the rest of tollgate makes.
 
 mod cache;
 mod guard;
 mod leases;
+mod llm;
 mod marketplace;
+mod register;
+mod reloads;
+mod rules;
+mod store;
 
-use cache::PairCache;
 pub use guard::{Closed, GuardFamilies, Listener};
 pub use leases::LeaseFamilies;
+use llm::{LlmFamilies, QuotaFamilies};
 pub use marketplace::MarketplaceFamilies;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use rules::RuleFamilies;
+use store::StoreFamilies;
 
 /// Most distinct descriptor values one detailed rule reports; the rest are
 /// counted under `<rule>|_other`.
@@ -34,35 +42,23 @@ pub enum HitOutcome {
 /// Every metric tollgate exports.
 pub struct Metrics {
     registry: Registry,
-    rule_total_hits: IntCounterVec,
-    rule_over_limit: IntCounterVec,
-    rule_near_limit: IntCounterVec,
-    rule_within_limit: IntCounterVec,
-    rule_shadow_mode: IntCounterVec,
-    decisions: IntCounterVec,
-    store_latency: HistogramVec,
-    store_errors: IntCounterVec,
-    failure_answers: IntCounterVec,
+    /// Per-rule hits and answers by front end.
+    rules: RuleFamilies,
+    /// Store latency, errors, on_error answers, breaker opens.
+    store: StoreFamilies,
     pub store_up: IntGauge,
-    /// Times the shared store's circuit opened (synced from the breaker).
-    store_circuit_opens: IntCounter,
     config_info: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     /// gRPC listener certificate reloads, by result (ok, refused).
     pub tls_reloads: IntCounterVec,
     /// TLS handshakes on the gRPC listener that failed or timed out.
     pub tls_handshake_errors: IntCounter,
-    llm_requests: IntCounterVec,
-    llm_tokens: IntCounterVec,
-    quota_tokens: IntCounterVec,
-    quota_spend: IntCounterVec,
-    quota_warnings: IntCounterVec,
-    llm_settlements: IntCounterVec,
-    estimate_error: HistogramVec,
+    /// LLM requests, tokens, settlements, waits, fallbacks.
+    llm: LlmFamilies,
+    /// Token cost, spend and warnings per quota.
+    quota: QuotaFamilies,
     /// Requests waiting for capacity now.
     pub llm_waiting: IntGauge,
-    llm_wait_seconds: HistogramVec,
-    llm_fallbacks: IntCounterVec,
     internal_errors: IntCounterVec,
     /// Leases and the instance registry.
     pub leases: LeaseFamilies,
@@ -70,22 +66,6 @@ pub struct Metrics {
     pub guard: GuardFamilies,
     /// The marketplace stage, its client and its usage reports.
     pub marketplace: MarketplaceFamilies,
-    detailed_seen: Mutex<HashMap<String, HashSet<String>>>,
-    /// Per (domain, rule): total, within, near, over, shadow.
-    rule_children: PairCache<IntCounter, 5>,
-    /// Per (service, ""): ok, over_limit.
-    decision_children: PairCache<IntCounter, 2>,
-    /// Per (store, op).
-    store_children: PairCache<Histogram, 1>,
-}
-
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
 }
 
 impl Metrics {
@@ -93,217 +73,26 @@ impl Metrics {
     /// name, a programming error caught by any test.
     pub fn new(registry: Registry) -> Metrics {
         let r = &registry;
-        let rule = &["domain", "rule"];
-        let store_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_store_latency_seconds",
-                "Time for one store call (one Lua round trip for redis).",
-            )
-            .buckets(vec![
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                0.25,
-            ]),
-            &["store", "op"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(store_latency.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let store_up = IntGauge::new(
-            "tollgate_store_up",
-            "1 while the store answers, 0 while it fails.",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(store_up.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        store_up.set(1);
-        let config_info = IntGaugeVec::new(
-            Opts::new("tollgate_config_info", "1 for the config version in force."),
-            &["version"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(config_info.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let estimate_error = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_llm_estimate_error_ratio",
-                "(actual - estimated) / estimated tokens, per settled request with usage.",
-            )
-            .buckets(vec![
-                -1.0, -0.75, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0,
-            ]),
-            &["model"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(estimate_error.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let llm_waiting = IntGauge::new(
-            "tollgate_llm_waiting",
-            "LLM requests waiting in line for capacity now.",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(llm_waiting.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let llm_wait_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_llm_wait_seconds",
-                "Time LLM requests waited in line, by how the wait ended (admitted, denied, cancelled).",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
-            &["outcome"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        registry
-            .register(Box::new(llm_wait_seconds.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
-            leases: LeaseFamilies::new(r),
-            guard: GuardFamilies::new(r),
-            marketplace: MarketplaceFamilies::new(r),
-            llm_waiting,
-            llm_wait_seconds,
-            llm_fallbacks: counter(
-                r,
-                "tollgate_llm_fallbacks_total",
-                "LLM requests sent to a fallback model, by configured model names.",
-                &["from", "to"],
-            ),
-            internal_errors: counter(
+            rules: RuleFamilies::new(r),
+            store: StoreFamilies::new(r),
+            store_up: store::up(r),
+            config_info: reloads::config_info(r),
+            config_reloads: reloads::config_reloads(r),
+            tls_reloads: reloads::tls_reloads(r),
+            tls_handshake_errors: reloads::tls_handshake_errors(r),
+            llm: LlmFamilies::new(r),
+            quota: QuotaFamilies::new(r),
+            llm_waiting: llm::waiting(r),
+            internal_errors: register::counter(
                 r,
                 "tollgate_internal_errors_total",
                 "Failures inside tollgate that are not the store's or the client's (a reservation record that cannot be written or read back, a parser that failed), by what failed.",
                 &["what"],
             ),
-            llm_requests: counter(
-                r,
-                "tollgate_llm_requests_total",
-                "LLM requests seen by ext_proc, by model and outcome.",
-                &["model", "outcome"],
-            ),
-            llm_tokens: counter(
-                r,
-                "tollgate_llm_tokens_total",
-                "LLM tokens by model and kind (reserved, actual, refunded, overage).",
-                &["model", "kind"],
-            ),
-            quota_tokens: counter(
-                r,
-                "tollgate_quota_tokens_total",
-                "Token cost by quota and kind (reserved, refunded, overage).",
-                &["quota", "kind"],
-            ),
-            quota_spend: counter(
-                r,
-                "tollgate_quota_spend_micros_total",
-                "Spend by quota and kind (reserved, refunded, overage), in micro-units of [llm] currency.",
-                &["quota", "kind"],
-            ),
-            quota_warnings: counter(
-                r,
-                "tollgate_quota_warnings_total",
-                "Soft-limit crossings (warn_at), by quota and limit: once per window and key.",
-                &["quota", "limit"],
-            ),
-            llm_settlements: counter(
-                r,
-                "tollgate_llm_settlements_total",
-                "Reservations settled, by how they ended.",
-                &["how"],
-            ),
-            estimate_error,
-            rule_total_hits: counter(
-                r,
-                "tollgate_rule_total_hits_total",
-                "Hits asked of a rule.",
-                rule,
-            ),
-            rule_over_limit: counter(
-                r,
-                "tollgate_rule_over_limit_total",
-                "Hits over a rule's limit.",
-                rule,
-            ),
-            rule_near_limit: counter(
-                r,
-                "tollgate_rule_near_limit_total",
-                "Hits within the limit but past 80% of it.",
-                rule,
-            ),
-            rule_within_limit: counter(
-                r,
-                "tollgate_rule_within_limit_total",
-                "Hits within a rule's limit.",
-                rule,
-            ),
-            rule_shadow_mode: counter(
-                r,
-                "tollgate_rule_shadow_mode_total",
-                "Hits over a shadow rule's limit (allowed).",
-                rule,
-            ),
-            decisions: counter(
-                r,
-                "tollgate_decisions_total",
-                "Answers given, by front end and code.",
-                &["service", "code"],
-            ),
-            store_errors: counter(
-                r,
-                "tollgate_store_errors_total",
-                "Store calls that failed.",
-                &["store", "kind"],
-            ),
-            failure_answers: counter(
-                r,
-                "tollgate_store_failure_answers_total",
-                "Hits answered by a rule's on_error policy.",
-                &["policy"],
-            ),
-            config_reloads: counter(
-                r,
-                "tollgate_config_reloads_total",
-                "Config loads, by result.",
-                &["result"],
-            ),
-            tls_reloads: counter(
-                r,
-                "tollgate_tls_reloads_total",
-                "gRPC listener certificate reloads, by result (ok, refused).",
-                &["result"],
-            ),
-            tls_handshake_errors: {
-                let c = IntCounter::new(
-                    "tollgate_tls_handshake_errors_total",
-                    "TLS handshakes on the gRPC listener that failed or timed out.",
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
-                registry
-                    .register(Box::new(c.clone()))
-                    .unwrap_or_else(|e| panic!("{e}"));
-                c
-            },
-            store_circuit_opens: {
-                let c = IntCounter::new(
-                    "tollgate_store_circuit_opens_total",
-                    "Times the shared store's circuit breaker opened.",
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
-                registry
-                    .register(Box::new(c.clone()))
-                    .unwrap_or_else(|e| panic!("{e}"));
-                c
-            },
-            store_latency,
-            store_up,
-            config_info,
-            detailed_seen: Mutex::new(HashMap::new()),
-            rule_children: PairCache::new(),
-            decision_children: PairCache::new(),
-            store_children: PairCache::new(),
+            leases: LeaseFamilies::new(r),
+            guard: GuardFamilies::new(r),
+            marketplace: MarketplaceFamilies::new(r),
             registry,
         }
     }
@@ -330,63 +119,16 @@ impl Metrics {
         cost: u64,
         outcome: HitOutcome,
     ) {
-        let label;
-        let rule = match detail {
-            Some(values) => {
-                label = self.detailed_label(rule, values);
-                label.as_str()
-            }
-            None => rule,
-        };
-        let labels = &[domain, rule];
-        self.rule_children
-            .with(domain, rule, |[total, within, near, over, shadow]| {
-                total.get(&self.rule_total_hits, labels).inc_by(cost);
-                match outcome {
-                    HitOutcome::Within { near: is_near } => {
-                        within.get(&self.rule_within_limit, labels).inc_by(cost);
-                        if is_near {
-                            near.get(&self.rule_near_limit, labels).inc_by(cost);
-                        }
-                    }
-                    HitOutcome::Over { shadow: is_shadow } => {
-                        over.get(&self.rule_over_limit, labels).inc_by(cost);
-                        if is_shadow {
-                            shadow.get(&self.rule_shadow_mode, labels).inc_by(cost);
-                        }
-                    }
-                }
-            });
-    }
-
-    fn detailed_label(&self, rule: &str, values: &str) -> String {
-        let mut seen = self.detailed_seen.lock().unwrap_or_else(|e| e.into_inner());
-        let set = seen.entry(rule.to_string()).or_default();
-        if set.contains(values) || set.len() < DETAILED_VALUES_PER_RULE {
-            set.insert(values.to_string());
-            format!("{rule}|{values}")
-        } else {
-            format!("{rule}|_other")
-        }
+        self.rules.hit(domain, rule, detail, cost, outcome);
     }
 
     /// Counts an answer; `service` is `rls`, `ext_proc` or `http`.
     pub fn decision(&self, service: &str, over_limit: bool) {
-        self.decision_children.with(service, "", |[ok, over]| {
-            if over_limit {
-                over.get(&self.decisions, &[service, "over_limit"]).inc();
-            } else {
-                ok.get(&self.decisions, &[service, "ok"]).inc();
-            }
-        });
+        self.rules.decision(service, over_limit);
     }
 
     pub fn store_call(&self, store: &str, op: &str, seconds: f64) {
-        self.store_children.with(store, op, |[latency]| {
-            latency
-                .get(&self.store_latency, &[store, op])
-                .observe(seconds);
-        });
+        self.store.call(store, op, seconds);
     }
 
     /// The breaker's state as of now: `tollgate_store_up` follows the
@@ -394,34 +136,32 @@ impl Metrics {
     /// `opens` (the breaker's own count, which only grows).
     pub fn store_circuit(&self, closed: bool, opens: u64) {
         self.store_up.set(i64::from(closed));
-        let seen = self.store_circuit_opens.get();
-        if opens > seen {
-            self.store_circuit_opens.inc_by(opens - seen);
-        }
+        self.store.opens(opens);
     }
 
     pub fn store_error(&self, store: &str, kind: &str) {
-        self.store_errors.with_label_values(&[store, kind]).inc();
+        self.store.error(store, kind);
     }
 
     pub fn failure_answer(&self, policy: &str) {
-        self.failure_answers.with_label_values(&[policy]).inc();
+        self.store.failure_answer(policy);
     }
 
     /// Counts an LLM request; `model` must be a configured name or `_other`.
     pub fn llm_request(&self, model: &str, outcome: &str) {
-        self.llm_requests.with_label_values(&[model, outcome]).inc();
+        self.llm.requests.with_label_values(&[model, outcome]).inc();
     }
 
     pub fn llm_tokens(&self, model: &str, kind: &str, n: u64) {
         if n > 0 {
-            self.llm_tokens.with_label_values(&[model, kind]).inc_by(n);
+            self.llm.tokens.with_label_values(&[model, kind]).inc_by(n);
         }
     }
 
     pub fn quota_tokens(&self, quota: &str, kind: &str, n: u64) {
         if n > 0 {
-            self.quota_tokens
+            self.quota
+                .tokens
                 .with_label_values(&[quota, kind])
                 .inc_by(n);
         }
@@ -430,7 +170,8 @@ impl Metrics {
     /// Money by quota, in micro-units.
     pub fn quota_spend(&self, quota: &str, kind: &str, micros: u64) {
         if micros > 0 {
-            self.quota_spend
+            self.quota
+                .spend
                 .with_label_values(&[quota, kind])
                 .inc_by(micros);
         }
@@ -438,18 +179,19 @@ impl Metrics {
 
     /// A quota's `warn_at` was crossed on `limit` (its config field).
     pub fn quota_warning(&self, quota: &str, limit: &str) {
-        self.quota_warnings.with_label_values(&[quota, limit]).inc();
+        self.quota.warnings.with_label_values(&[quota, limit]).inc();
     }
 
     /// `how`: usage, no_usage, upstream_error, aborted, already_settled.
     pub fn llm_settled(&self, how: &str) {
-        self.llm_settlements.with_label_values(&[how]).inc();
+        self.llm.settlements.with_label_values(&[how]).inc();
     }
 
     pub fn estimate_error(&self, model: &str, estimated: u64, actual: u64) {
         if estimated > 0 {
             let ratio = (actual as f64 - estimated as f64) / estimated as f64;
-            self.estimate_error
+            self.llm
+                .estimate_error
                 .with_label_values(&[model])
                 .observe(ratio);
         }
@@ -457,14 +199,15 @@ impl Metrics {
 
     /// A wait in line ended (`admitted`, `denied` or `cancelled`).
     pub fn llm_waited(&self, outcome: &str, seconds: f64) {
-        self.llm_wait_seconds
+        self.llm
+            .wait_seconds
             .with_label_values(&[outcome])
             .observe(seconds);
     }
 
     /// A request moved from one configured model to its fallback.
     pub fn llm_fallback(&self, from: &str, to: &str) {
-        self.llm_fallbacks.with_label_values(&[from, to]).inc();
+        self.llm.fallbacks.with_label_values(&[from, to]).inc();
     }
 
     /// Counts a failure inside tollgate; `what` is a fixed label.

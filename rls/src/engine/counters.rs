@@ -3,17 +3,23 @@
 //! `local` ones from this instance's own memory at the instance's share of
 //! the limit. Rate limit decisions and LLM budgets share this one piece, so
 //! the two can never answer a store failure differently.
+//!
+//! Leased hits (`leased`) and answers by failure policy (`policy`) are
+//! in submodules.
+
+mod leased;
+mod policy;
 
 use super::error::EngineError;
-use super::leases::{Instances, Leases, Local};
+use super::leases::{Instances, Leases};
 use super::plan::Plan;
 use super::reservation::Reservation;
 use super::Clock;
 use crate::metrics::Metrics;
 use crate::repeated::Repeats;
-use crate::rules::{Algorithm, FailurePolicy, Limit};
+use crate::rules::FailurePolicy;
 use crate::store::TakeOutcome;
-use crate::store::{Counter, Hit, HitState, Hold, MemoryStore, SettleOp, Store, StoreError};
+use crate::store::{Hit, HitState, Hold, MemoryStore, SettleOp, Store, StoreError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -188,116 +194,6 @@ impl Counters {
         }
     }
 
-    /// Decides leased hits from their slices (asking the store for a slice
-    /// when one runs out) and the rest in one store call; all-or-nothing
-    /// still: a request the store denies gives its slice hits back.
-    async fn take_leased<O: Owner>(
-        &self,
-        leases: &Leases,
-        op: &'static str,
-        plan: &Plan<O>,
-        now: u64,
-    ) -> Took {
-        let mut local: Vec<Option<HitState>> = Vec::with_capacity(plan.hits().len());
-        for (hit, owner) in plan.iter() {
-            let limit = Leases::leasable(hit).filter(|_| owner.leases());
-            let state = match limit {
-                Some(limit) => match self.take_from_slice(leases, hit, limit, now).await {
-                    Ok(state) => state,
-                    Err(e) => {
-                        undo(leases, plan, &local, now);
-                        return self.by_policy(plan, None, e, now).await;
-                    }
-                },
-                None => None,
-            };
-            local.push(state);
-        }
-        let direct: Vec<Hit> = plan
-            .hits()
-            .iter()
-            .zip(&local)
-            .filter(|(_, l)| l.is_none())
-            .map(|(h, _)| h.clone())
-            .collect();
-        self.metrics
-            .leases
-            .decisions(local.len() - direct.len(), direct.len());
-        let mut outcome = TakeOutcome {
-            admitted: true,
-            hits: Vec::new(),
-        };
-        if !direct.is_empty() {
-            match self.timed(op, self.store.take(&direct, None, now)).await {
-                Ok(o) => {
-                    self.recovered();
-                    outcome = o;
-                }
-                Err(e) => {
-                    undo(leases, plan, &local, now);
-                    return self.by_policy(plan, None, e, now).await;
-                }
-            }
-        }
-        if !outcome.admitted {
-            undo(leases, plan, &local, now);
-        }
-        let mut from_store = outcome.hits.into_iter();
-        let hits = local
-            .into_iter()
-            .map(|l| l.or_else(|| from_store.next()).unwrap_or(UNANSWERED))
-            .collect();
-        Took {
-            outcome: TakeOutcome {
-                admitted: outcome.admitted,
-                hits,
-            },
-            by: AnsweredBy::Store,
-        }
-    }
-
-    /// One hit from its slice: `Ok(None)` when the slice cannot hold it and
-    /// the store grants no more (too little left to lease: the store
-    /// decides it).
-    async fn take_from_slice(
-        &self,
-        leases: &Leases,
-        hit: &Hit,
-        limit: Limit,
-        now: u64,
-    ) -> Result<Option<HitState>, StoreError> {
-        // Each turn takes from the slice, or waits for a grant in flight (which
-        // adds capacity or refuses), or asks for one: it ends when the
-        // slice holds the hit or the store grants no more.
-        loop {
-            match leases.take(hit, limit, now) {
-                Local::Taken(state) => return Ok(Some(state)),
-                Local::Store => return Ok(None),
-                Local::Wait(mut rx) => {
-                    let _ = rx.changed().await;
-                }
-                Local::Grant { want, done } => {
-                    let instances = leases.instances().live();
-                    let asked = self.store.grant(hit, want, instances, now);
-                    let granted = self.timed("grant", asked).await;
-                    match granted {
-                        Ok(g) => {
-                            leases.granted(hit, g.amount, g.state, now);
-                            drop(done);
-                            if g.amount == 0 {
-                                return Ok(None);
-                            }
-                        }
-                        Err(e) => {
-                            leases.grant_failed(hit, now);
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// Gives hits back (`is_negative_hits`); never denies.
     pub async fn give_back(&self, hits: &[Hit], now: u64) -> Result<Vec<HitState>, StoreError> {
         self.timed("give_back", self.store.give_back(hits, now))
@@ -383,112 +279,5 @@ impl Counters {
                 "store answers decisions again"
             );
         }
-    }
-
-    /// Answers a plan the store could not: each hit by its owner's policy;
-    /// `local` hits are taken from this instance's memory at its share of
-    /// the limit (with the hold, so local slots are released too).
-    async fn by_policy<O: Owner>(
-        &self,
-        plan: &Plan<O>,
-        hold: Option<&Hold>,
-        error: StoreError,
-        now: u64,
-    ) -> Took {
-        if let Some(since) = self.store_failing.note() {
-            tracing::warn!(error = %error, store = self.store.kind(), unlogged_since_last = since, "store failed; answering by on_error policy (logged at most every 30 s while it lasts)");
-        }
-        let policy = |o: &O| o.on_error().unwrap_or(self.default_policy);
-        let instances = self.instances.live();
-        let local: Vec<Hit> = plan
-            .iter()
-            .filter(|(_, o)| policy(o) == FailurePolicy::Local)
-            .map(|(h, _)| Hit {
-                counter: share_of(h.counter, instances),
-                ..h.clone()
-            })
-            .collect();
-        let mut local_states = match self.local.take(&local, hold, now).await {
-            Ok(o) => o.hits.into_iter(),
-            Err(_) => Vec::new().into_iter(),
-        };
-        let mut admitted = true;
-        let states = plan
-            .iter()
-            .map(|(hit, owner)| {
-                let policy = policy(owner);
-                self.metrics.failure_answer(policy.as_str());
-                let state = match policy {
-                    FailurePolicy::Local => local_states.next(),
-                    _ => None,
-                };
-                let state = state.unwrap_or_else(|| policy_state(hit, policy, now));
-                if state.over && hit.enforce {
-                    admitted = false;
-                }
-                state
-            })
-            .collect();
-        Took {
-            outcome: TakeOutcome {
-                admitted,
-                hits: states,
-            },
-            by: AnsweredBy::Policy {
-                local: !local.is_empty(),
-            },
-        }
-    }
-}
-
-/// A state for a hit nobody answered (cannot happen: every hit is decided
-/// from its slice or by the store).
-const UNANSWERED: HitState = HitState {
-    over: true,
-    remaining: 0,
-    reset_after_ms: 0,
-    retry_after_ms: POLICY_RETRY_MS,
-};
-
-/// Gives back the hits a denied (or failed) request took from its slices.
-fn undo<O: Owner>(leases: &Leases, plan: &Plan<O>, local: &[Option<HitState>], now: u64) {
-    for (hit, taken) in plan.hits().iter().zip(local) {
-        if taken.is_some() {
-            leases.undo(hit, now);
-        }
-    }
-}
-
-/// The retry a policy's denial suggests: the breaker probes the store
-/// about this often.
-const POLICY_RETRY_MS: u64 = 1_000;
-
-/// The state `fail_open` or `fail_closed` answers for a hit: reset at the
-/// end of its window (a bucket: one period).
-fn policy_state(hit: &Hit, policy: FailurePolicy, now: u64) -> HitState {
-    let reset = match hit.counter {
-        Counter::Rate(l) if l.algorithm == Algorithm::FixedWindow => l.window(now).1 - now,
-        Counter::Rate(l) => l.period.millis(),
-        Counter::Slots { .. } => 0,
-    };
-    HitState {
-        over: policy != FailurePolicy::FailOpen,
-        remaining: 0,
-        reset_after_ms: reset,
-        retry_after_ms: POLICY_RETRY_MS,
-    }
-}
-
-/// One instance's share of a counter, for `local` fallback: its size over
-/// the live instances, rounded down (so the instances together never admit
-/// more than the limit), and at least 1.
-fn share_of(counter: Counter, instances: u64) -> Counter {
-    let scale = |n: u64| (n / instances.max(1)).max(1);
-    match counter {
-        Counter::Rate(l) => Counter::Rate(Limit {
-            amount: scale(l.amount),
-            ..l
-        }),
-        Counter::Slots { max } => Counter::Slots { max: scale(max) },
     }
 }

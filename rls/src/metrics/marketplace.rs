@@ -4,10 +4,8 @@
 //! always; while the marketplace is off the labelled ones have no series
 //! and the others stay at zero.
 
-use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-};
+use super::register::{counter, gauge, gauge_vec, histogram, plain_counter, register};
+use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use std::time::Duration;
 
 /// The marketplace's metrics.
@@ -25,69 +23,43 @@ pub struct MarketplaceFamilies {
     reports: IntCounterVec,
 }
 
-fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
-    r.register(Box::new(m.clone()))
-        .unwrap_or_else(|e| panic!("marketplace metric: {e}"));
-    m
-}
-
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(
-        r,
-        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}")),
-    )
-}
-
 impl MarketplaceFamilies {
     pub fn new(r: &Registry) -> MarketplaceFamilies {
         MarketplaceFamilies {
-            requests: counter_vec(
+            requests: counter(
                 r,
                 "tollgate_marketplace_requests_total",
                 "Over-budget LLM requests offered to the marketplace, by result: served, or why not (no_supply, busy, breaker_open, expired, over_price, host_not_allowed, malformed, error, timeout, unreachable, garbage, no_time).",
                 &["result"],
             ),
-            step_seconds: register(
+            step_seconds: histogram(
                 r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "tollgate_marketplace_step_seconds",
-                        "Time the marketplace step added to an over-budget request, by outcome (served, refused).",
-                    )
-                    .buckets(vec![
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                        0.25, 0.5, 1.0,
-                    ]),
-                    &["outcome"],
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "tollgate_marketplace_step_seconds",
+                "Time the marketplace step added to an over-budget request, by outcome (served, refused).",
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0,
+                ],
+                &["outcome"],
             ),
-            calls: counter_vec(
+            calls: counter(
                 r,
                 "tollgate_marketplace_calls_total",
                 "Calls made to the marketplace, by call (supplies, quote, usage) and result (ok, no_supply, busy, malformed, error, timeout, unreachable, garbage).",
                 &["call", "result"],
             ),
-            breaker_state: register(
+            breaker_state: gauge_vec(
                 r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "tollgate_marketplace_breaker_state",
-                        "1 for the state the marketplace's circuit breaker is in (closed, open, half_open); no series while the marketplace is off.",
-                    ),
-                    &["state"],
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "tollgate_marketplace_breaker_state",
+                "1 for the state the marketplace's circuit breaker is in (closed, open, half_open); no series while the marketplace is off.",
+                &["state"],
             ),
-            breaker_opens: register(
+            breaker_opens: plain_counter(
                 r,
-                IntCounter::new(
-                    "tollgate_marketplace_breaker_opens_total",
-                    "Times the marketplace's circuit breaker opened.",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "tollgate_marketplace_breaker_opens_total",
+                "Times the marketplace's circuit breaker opened.",
             ),
-            cache_lookups: counter_vec(
+            cache_lookups: counter(
                 r,
                 "tollgate_marketplace_supply_cache_total",
                 "Supply list lookups, by result (hit: answered from the cache; miss: fetched).",
@@ -101,15 +73,12 @@ impl MarketplaceFamilies {
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
-            reports_pending: register(
+            reports_pending: gauge(
                 r,
-                IntGauge::new(
-                    "tollgate_marketplace_usage_reports_pending",
-                    "Usage reports queued or being sent now.",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "tollgate_marketplace_usage_reports_pending",
+                "Usage reports queued or being sent now.",
             ),
-            reports: counter_vec(
+            reports: counter(
                 r,
                 "tollgate_marketplace_usage_reports_total",
                 "Usage reports by result: sent, failed (every try failed), dropped (queue full, or unsent at shutdown).",

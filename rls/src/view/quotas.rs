@@ -313,66 +313,10 @@ fn owner_view(
     currency: &str,
     now_ms: u64,
 ) -> OwnerView {
-    let mut keys: Vec<(f64, u64, String, KeyView)> = budgets
+    let mut keys: Vec<Ranked> = budgets
         .into_iter()
-        .filter(
-            |((values, _), _)| match (&filters.tenant, owner.tenant_at) {
-                (Some(t), Some(at)) => values.get(at) == Some(t),
-                (Some(_), None) => false,
-                (None, _) => true,
-            },
-        )
-        .filter_map(|((values, class), cells)| {
-            let counters: Vec<Figures> = owner
-                .limits
-                .iter()
-                .zip(&cells)
-                .map(|(limit, cell)| {
-                    let reserved = cell.as_ref().map_or(0, |(key, _)| held.on(key));
-                    let cell = cell.as_ref().map(|(_, c)| c);
-                    let f = match class {
-                        None => figures::of(&limit.counter, cell, reserved, now_ms),
-                        Some(_) => figures::of_share(&limit.counter, cell, reserved, now_ms),
-                    };
-                    if limit.money {
-                        f.in_money()
-                    } else {
-                        f
-                    }
-                })
-                .collect();
-            // A key whose counters show nothing used (a full bucket, a
-            // window refunded to 0, slots all free) is not in use: the
-            // memory store has dropped it or is about to.
-            if counters.iter().all(|f| f.used == Some(0)) {
-                return None;
-            }
-            let fill = counters.iter().map(figures::fill).fold(0.0, f64::max);
-            let used = counters.iter().filter_map(|f| f.used).sum();
-            let order = label(&values, class.as_deref());
-            let values = values
-                .into_iter()
-                .enumerate()
-                .map(|(i, value)| Value {
-                    key: owner
-                        .keys
-                        .get(i)
-                        .cloned()
-                        .unwrap_or_else(|| format!("#{i}")),
-                    value,
-                })
-                .collect();
-            Some((
-                fill,
-                used,
-                order,
-                KeyView {
-                    values,
-                    class,
-                    counters,
-                },
-            ))
-        })
+        .filter(|((values, _), _)| tenant_matches(owner, filters, values))
+        .filter_map(|((values, class), cells)| key_view(owner, values, class, &cells, held, now_ms))
         .collect();
     let in_use = keys.len();
     // Fullest first; then most used; then by name, so equal keys keep
@@ -399,6 +343,91 @@ fn owner_view(
         keys_in_use: in_use,
         keys: keys.into_iter().map(|(_, _, _, k)| k).collect(),
     }
+}
+
+/// A key in use with what it is sorted by: (fill, used, label, view).
+type Ranked = (f64, u64, String, KeyView);
+
+/// Whether a key's values pass the tenant filter (an owner without a
+/// tenant level never does while one is asked for).
+fn tenant_matches(owner: &Owner, filters: &Filters, values: &[String]) -> bool {
+    match (&filters.tenant, owner.tenant_at) {
+        (Some(t), Some(at)) => values.get(at) == Some(t),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+/// One key's view and rank, or `None` for a key not in use.
+fn key_view(
+    owner: &Owner,
+    values: Vec<String>,
+    class: Option<String>,
+    cells: &Cells,
+    held: &Held,
+    now_ms: u64,
+) -> Option<Ranked> {
+    let counters = counter_figures(owner, class.as_deref(), cells, held, now_ms);
+    // A key whose counters show nothing used (a full bucket, a
+    // window refunded to 0, slots all free) is not in use: the
+    // memory store has dropped it or is about to.
+    if counters.iter().all(|f| f.used == Some(0)) {
+        return None;
+    }
+    let fill = counters.iter().map(figures::fill).fold(0.0, f64::max);
+    let used = counters.iter().filter_map(|f| f.used).sum();
+    let order = label(&values, class.as_deref());
+    let values = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| Value {
+            key: owner
+                .keys
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("#{i}")),
+            value,
+        })
+        .collect();
+    Some((
+        fill,
+        used,
+        order,
+        KeyView {
+            values,
+            class,
+            counters,
+        },
+    ))
+}
+
+/// The figures of each of the owner's limits for one key (a share's when
+/// the key is a class's), in money where the limit is.
+fn counter_figures(
+    owner: &Owner,
+    class: Option<&str>,
+    cells: &Cells,
+    held: &Held,
+    now_ms: u64,
+) -> Vec<Figures> {
+    owner
+        .limits
+        .iter()
+        .zip(cells)
+        .map(|(limit, cell)| {
+            let reserved = cell.as_ref().map_or(0, |(key, _)| held.on(key));
+            let cell = cell.as_ref().map(|(_, c)| c);
+            let f = match class {
+                None => figures::of(&limit.counter, cell, reserved, now_ms),
+                Some(_) => figures::of_share(&limit.counter, cell, reserved, now_ms),
+            };
+            if limit.money {
+                f.in_money()
+            } else {
+                f
+            }
+        })
+        .collect()
 }
 
 /// One limit as configured, a money budget's in its currency too.

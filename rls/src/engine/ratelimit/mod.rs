@@ -249,11 +249,7 @@ fn plan<'r>(
     results: &mut [DescriptorResult],
 ) -> Planned<'r> {
     let matched = matched(rules, check);
-    let replaced: HashSet<&str> = matched
-        .iter()
-        .filter_map(|m| m.rule)
-        .flat_map(|r| r.replaces.iter().map(String::as_str))
-        .collect();
+    let replaced = replaced_names(&matched);
     let mut p = Planned::default();
     for (i, (d, m)) in check.descriptors.iter().zip(matched).enumerate() {
         let Some(rule) = m.rule else { continue };
@@ -265,13 +261,7 @@ fn plan<'r>(
             continue;
         }
         let cost = d.hits.unwrap_or(check.hits.max(1)).min(MAX_COST);
-        let reserve = rule.reserve.as_deref();
-        let id = reserve.and_then(|key| {
-            d.entries
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone())
-        });
+        let id = reservation_id(rule, d);
         if m.done {
             if let Some(id) = id {
                 p.settles.push(Settle {
@@ -287,50 +277,21 @@ fn plan<'r>(
             results[i].quota = quota;
             results[i].metadata = rule.metadata.clone();
         }
-        // Only an all-or-nothing step needs to know which hits may deny it:
-        // a quota-mode descriptor denies only with all the others (decided
-        // after), and global shadow mode denies nothing. Stop-when-over
-        // first asks whether every hit fits.
-        let enforce = match mode.counting {
-            Counting::StopWhenOver => true,
-            _ => !rule.shadow && !quota && !mode.shadow,
-        };
+        let enforce = enforced(rule, mode, quota);
+        if let (Some(id), false, None) = (&id, d.negative, &p.reserving) {
+            p.reserving = Some((i, rule, id.clone()));
+        }
         let plan = if d.negative {
             &mut p.gives
         } else {
             &mut p.takes
         };
-        if let (Some(id), false, None) = (&id, d.negative, &p.reserving) {
-            p.reserving = Some((i, rule, id.clone()));
-        }
         let own = m.own.as_slice();
         let limits = if m.own.is_some() { own } else { &rule.limits };
         for limit in limits {
-            let key = if m.own.is_some() {
-                // A request's own limit has no path: its keys name the
-                // counter beside its values.
-                let entries = d.entries.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]);
-                keys::rule_counter(&rule.id, limit, entries)
-            } else {
-                // The request id names the reservation, not the counter; a
-                // `share_threshold` level counts every value under its
-                // wildcard in one counter.
-                let values = d
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (k, _))| Some(k.as_str()) != reserve)
-                    .map(|(level, (_, v))| {
-                        match rule.share.get(level).and_then(Option::as_deref) {
-                            Some(shared) => shared,
-                            None => v.as_str(),
-                        }
-                    });
-                keys::rule_counter(&rule.id, limit, values)
-            };
             plan.push(
                 Hit {
-                    key,
+                    key: counter_key(rule, d, limit, m.own.is_some()),
                     counter: Counter::Rate(*limit),
                     cost,
                     enforce,
@@ -343,4 +304,60 @@ fn plan<'r>(
         }
     }
     p
+}
+
+/// The names every matched rule's `replaces` drops.
+fn replaced_names<'r>(matched: &[Matched<'r>]) -> HashSet<&'r str> {
+    matched
+        .iter()
+        .filter_map(|m| m.rule)
+        .flat_map(|r| r.replaces.iter().map(String::as_str))
+        .collect()
+}
+
+/// The request id of a reserving rule's descriptor: the value of its
+/// `reserve` key, if the descriptor has it.
+fn reservation_id(rule: &Rule, d: &Descriptor) -> Option<String> {
+    let key = rule.reserve.as_deref()?;
+    d.entries
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+}
+
+/// Whether a hit may deny the step it is in. Only an all-or-nothing step
+/// needs to know which hits may deny it: a quota-mode descriptor denies
+/// only with all the others (decided after), and global shadow mode
+/// denies nothing. Stop-when-over first asks whether every hit fits.
+fn enforced(rule: &Rule, mode: &DomainMode, quota: bool) -> bool {
+    match mode.counting {
+        Counting::StopWhenOver => true,
+        _ => !rule.shadow && !quota && !mode.shadow,
+    }
+}
+
+/// The counter key of one limit of a descriptor's rule.
+fn counter_key(rule: &Rule, d: &Descriptor, limit: &Limit, own: bool) -> String {
+    if own {
+        // A request's own limit has no path: its keys name the
+        // counter beside its values.
+        let entries = d.entries.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]);
+        return keys::rule_counter(&rule.id, limit, entries);
+    }
+    // The request id names the reservation, not the counter; a
+    // `share_threshold` level counts every value under its
+    // wildcard in one counter.
+    let reserve = rule.reserve.as_deref();
+    let values = d
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| Some(k.as_str()) != reserve)
+        .map(
+            |(level, (_, v))| match rule.share.get(level).and_then(Option::as_deref) {
+                Some(shared) => shared,
+                None => v.as_str(),
+            },
+        );
+    keys::rule_counter(&rule.id, limit, values)
 }
