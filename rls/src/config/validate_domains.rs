@@ -79,7 +79,7 @@ pub(super) fn rule_set(
     modes: &HashMap<String, Arc<DomainMode>>,
     errors: &mut Vec<ConfigError>,
 ) -> RuleSet {
-    match RuleSet::with_modes(rules.clone(), default_mode, &modes) {
+    match RuleSet::with_modes(rules.clone(), default_mode, modes) {
         Ok(set) => set,
         Err((first, second)) => {
             let (a, b) = (&rules[first], &rules[second]);

@@ -194,7 +194,6 @@ fn one_limit(
 
 /// `unlimited` and `no_limit` against the limits: a rule has exactly one of
 /// limits, `unlimited`, or `no_limit`.
-#[allow(clippy::too_many_arguments)]
 fn check_limit_flags(
     src: &Source,
     v: &RuleView,
