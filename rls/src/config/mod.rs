@@ -25,6 +25,7 @@ mod validate_domains;
 mod validate_leases;
 mod validate_llm;
 mod validate_marketplace;
+mod validate_price;
 mod validate_quota;
 mod validate_rule;
 mod validate_server;

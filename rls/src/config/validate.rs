@@ -14,6 +14,7 @@ use super::validate_domains;
 use super::validate_leases;
 use super::validate_llm;
 use super::validate_marketplace;
+use super::validate_price;
 use super::validate_quota;
 use super::validate_rule;
 use super::validate_server;
@@ -61,7 +62,7 @@ pub(crate) fn build(all: &[Source], env: &PeerEnv) -> Result<Config, ConfigError
         m
     });
     validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
-    validate_llm::check_prices(&llm, &model_sources, &mut errors);
+    validate_price::check_prices(&llm, &model_sources, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
     validate_domains::check_names(&rules, &mut errors);
     let settings = peer::settings(
@@ -244,7 +245,7 @@ impl Parts {
                     .push(validate_llm::model(src, m.view, errors));
             }
         }
-        validate_llm::prices(src, doc, &mut self.llm, errors);
+        validate_price::prices(src, doc, &mut self.llm, errors);
         for value in doc.array(src, "quota", errors) {
             let before = errors.len();
             if let Some(q) = tree::view::<QuotaView>(src, "quota", value, errors) {
