@@ -21,9 +21,14 @@ mod runtime;
 mod suggest;
 mod tree;
 mod validate;
+mod validate_domains;
 mod validate_leases;
 mod validate_llm;
 mod validate_marketplace;
+mod validate_price;
+mod validate_quota;
+mod validate_rule;
+mod validate_server;
 mod validate_tls;
 
 pub use error::{ConfigError, ConfigErrors};

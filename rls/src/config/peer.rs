@@ -85,45 +85,55 @@ pub(crate) fn settings(
 ) -> PeerSettings {
     let mut s = PeerSettings::default();
     if let Some((src, v)) = src {
-        let text = |f: &Option<Spanned<String>>, name: &str, errors: &mut Vec<ConfigError>| {
-            let t = f.as_ref()?;
-            if t.get_ref().trim().is_empty() {
-                errors.push(src.error(
-                    t.span().start,
-                    format!("envoy_ratelimit.{name}"),
-                    "must not be empty",
-                ));
-                return None;
-            }
-            Some(t.get_ref().trim().to_string())
-        };
-        if v.yaml.iter().flatten().any(|y| y.trim().is_empty()) {
-            errors.push(src.error(0, "envoy_ratelimit.yaml", "an empty path"));
+        from_table(src, v, &mut s, errors);
+    }
+    from_env(env, &mut s, errors);
+    s
+}
+
+/// `[envoy_ratelimit]`'s fields over the defaults.
+fn from_table(src: &Source, v: &PeerView, s: &mut PeerSettings, errors: &mut Vec<ConfigError>) {
+    let text = |f: &Option<Spanned<String>>, name: &str, errors: &mut Vec<ConfigError>| {
+        let t = f.as_ref()?;
+        if t.get_ref().trim().is_empty() {
+            errors.push(src.error(
+                t.span().start,
+                format!("envoy_ratelimit.{name}"),
+                "must not be empty",
+            ));
+            return None;
         }
-        s.response_headers = v.response_headers.unwrap_or(false);
-        if let Some(h) = text(&v.limit_header, "limit_header", errors) {
-            s.headers.limit = h;
-        }
-        if let Some(h) = text(&v.remaining_header, "remaining_header", errors) {
-            s.headers.remaining = h;
-        }
-        if let Some(h) = text(&v.reset_header, "reset_header", errors) {
-            s.headers.reset = h;
-        }
-        s.stop_increment = v.stop_increment_when_over_limit.unwrap_or(false);
-        s.shadow = v.shadow_mode.unwrap_or(false);
-        s.quota_mode = v.quota_mode.unwrap_or(false);
-        s.merge_domains = v.merge_domains;
-        s.dynamic_metadata = v.dynamic_metadata.unwrap_or(false);
-        if let Some(r) = &v.near_limit_ratio {
-            match ratio(*r.get_ref()) {
-                Ok(r) => s.near_limit_ratio = r,
-                Err(e) => {
-                    errors.push(src.error(r.span().start, "envoy_ratelimit.near_limit_ratio", e))
-                }
-            }
+        Some(t.get_ref().trim().to_string())
+    };
+    if v.yaml.iter().flatten().any(|y| y.trim().is_empty()) {
+        errors.push(src.error(0, "envoy_ratelimit.yaml", "an empty path"));
+    }
+    s.response_headers = v.response_headers.unwrap_or(false);
+    if let Some(h) = text(&v.limit_header, "limit_header", errors) {
+        s.headers.limit = h;
+    }
+    if let Some(h) = text(&v.remaining_header, "remaining_header", errors) {
+        s.headers.remaining = h;
+    }
+    if let Some(h) = text(&v.reset_header, "reset_header", errors) {
+        s.headers.reset = h;
+    }
+    s.stop_increment = v.stop_increment_when_over_limit.unwrap_or(false);
+    s.shadow = v.shadow_mode.unwrap_or(false);
+    s.quota_mode = v.quota_mode.unwrap_or(false);
+    s.merge_domains = v.merge_domains;
+    s.dynamic_metadata = v.dynamic_metadata.unwrap_or(false);
+    if let Some(r) = &v.near_limit_ratio {
+        match ratio(*r.get_ref()) {
+            Ok(r) => s.near_limit_ratio = r,
+            Err(e) => errors.push(src.error(r.span().start, "envoy_ratelimit.near_limit_ratio", e)),
         }
     }
+}
+
+/// The peer's environment variables, over the table: envoyproxy/ratelimit
+/// reads them, so a drop-in does too.
+fn from_env(env: &PeerEnv, s: &mut PeerSettings, errors: &mut Vec<ConfigError>) {
     for (name, value) in &env.0 {
         let bad = |why: String| ConfigError {
             file: format!("${name}"),
@@ -163,7 +173,6 @@ pub(crate) fn settings(
             errors.push(e);
         }
     }
-    s
 }
 
 fn ratio(r: f64) -> Result<f32, String> {

@@ -3,28 +3,27 @@
 
 use super::error::Source;
 use super::file::{
-    ClassView, DomainView, LeasesView, LimitView, LlmView, ModelView, PeerView, QuotaView,
-    RuleView, ServerView, StoreView,
+    ClassView, DomainView, LeasesView, LlmView, ModelView, PeerView, QuotaView, RuleView,
+    ServerView, StoreView,
 };
 use super::marketplace_view::MarketplaceView;
 use super::peer::{self, Origin, PeerEnv};
-use super::ratelimit_yaml;
-use super::redis_url;
-use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES, LOG_FORMATS, PERIODS, STORE_KINDS};
+use super::suggest::{self, ALGORITHMS, FAILURE_POLICIES};
 use super::tree::{self, Document};
+use super::validate_domains;
 use super::validate_leases;
 use super::validate_llm;
 use super::validate_marketplace;
-use super::validate_tls;
-use super::{Config, ConfigError, ConfigErrors, LogFormat, ServerConfig, StoreConfig, StoreKind};
+use super::validate_price;
+use super::validate_quota;
+use super::validate_rule;
+use super::validate_server;
+use super::{Config, ConfigError, ConfigErrors, ServerConfig, StoreConfig};
 use crate::marketplace::MarketplaceConfig;
-use crate::rules::{
-    Algorithm, EntryPattern, FailurePolicy, LeasePolicy, Limit, LlmConfig, Period, Rule, RuleId,
-    RuleSet, Zone,
-};
-use std::collections::{BTreeSet, HashMap};
+use crate::rules::{Algorithm, EntryPattern, FailurePolicy, LeasePolicy, LlmConfig, Rule};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use toml::Spanned;
 
 /// Whether a file is envoyproxy/ratelimit YAML (by its name).
@@ -32,6 +31,7 @@ pub(crate) fn is_yaml(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
+/// All files → one `Config`, or every error found, sorted by file and line.
 pub(crate) fn build(all: &[Source], env: &PeerEnv) -> Result<Config, ConfigErrors> {
     let (yaml, sources): (Vec<&Source>, Vec<&Source>) = all.iter().partition(|s| is_yaml(s.name));
     let mut errors = Vec::new();
@@ -62,9 +62,9 @@ pub(crate) fn build(all: &[Source], env: &PeerEnv) -> Result<Config, ConfigError
         m
     });
     validate_llm::cross_check(&llm.models, &model_sources, &llm.quotas, &mut errors);
-    validate_llm::check_prices(&llm, &model_sources, &mut errors);
+    validate_price::check_prices(&llm, &model_sources, &mut errors);
     validate_llm::check_classes(&llm.classes.0, &mut errors);
-    check_names(&rules, &mut errors);
+    validate_domains::check_names(&rules, &mut errors);
     let settings = peer::settings(
         peer_view.as_ref().map(|(i, v)| (sources[*i], v)),
         env,
@@ -74,75 +74,20 @@ pub(crate) fn build(all: &[Source], env: &PeerEnv) -> Result<Config, ConfigError
         .keys()
         .map(|d| (d.clone(), Origin::Toml))
         .collect();
-    let merge_yaml = settings.merge_domains.unwrap_or(false);
-    for src in &yaml {
-        let Some(d) = ratelimit_yaml::domain(src, &mut errors) else {
-            continue;
-        };
-        let taken = match origins.get(&d.domain) {
-            Some(Origin::Yaml) => true,
-            Some(Origin::Toml) => true,
-            None => false,
-        };
-        if taken && !merge_yaml {
-            let also = toml_domains
-                .get(&d.domain)
-                .map(|f| format!(" (also in {f})"))
-                .unwrap_or_default();
-            errors.push(ConfigError {
-                file: src.name.to_string(),
-                line: d.line,
-                field: "domain".into(),
-                message: format!(
-                    "duplicate domain '{}' in config file{also}; set MERGE_DOMAIN_CONFIG=true (or [envoy_ratelimit] merge_domains = true) to merge",
-                    d.domain
-                ),
-            });
-            continue;
-        }
-        if taken && merge_yaml {
-            // The peer refuses a node that two merged files both define.
-            for r in &d.rules {
-                if let Some(first) = rules
-                    .iter()
-                    .find(|o| o.domain == r.domain && o.pattern == r.pattern)
-                {
-                    errors.push(ConfigError::at(
-                        &r.source,
-                        "descriptors.key",
-                        format!(
-                            "duplicate descriptor composite key '{}.{}' (first at {})",
-                            r.domain, r.label, first.source
-                        ),
-                    ));
-                }
-            }
-        }
-        origins.entry(d.domain.clone()).or_insert(Origin::Yaml);
-        rules.extend(d.rules);
-    }
+    validate_domains::add_yaml_domains(
+        &yaml,
+        settings.merge_domains.unwrap_or(false),
+        &toml_domains,
+        &mut origins,
+        &mut rules,
+        &mut errors,
+    );
     if settings.merge_domains == Some(false) {
-        check_toml_domains_unmerged(&rules, sources.as_slice(), &mut errors);
+        validate_domains::check_toml_domains_unmerged(&rules, sources.as_slice(), &mut errors);
     }
     let modes = peer::modes(&settings, &origins, &domain_views, &mut errors, all);
     let default_mode = Arc::new(peer::default_mode(&settings, Origin::Toml));
-    let rules = match RuleSet::with_modes(rules.clone(), default_mode, &modes) {
-        Ok(set) => set,
-        Err((first, second)) => {
-            let (a, b) = (&rules[first], &rules[second]);
-            errors.push(ConfigError::at(
-                &b.source,
-                "rule.match",
-                format!(
-                    "domain `{}` path `{}` is already limited by the rule at {}",
-                    b.domain,
-                    path_text(&b.pattern),
-                    a.source
-                ),
-            ));
-            RuleSet::default()
-        }
-    };
+    let rules = validate_domains::rule_set(rules, default_mode, &modes, &mut errors);
     if !errors.is_empty() {
         // Top to bottom, file by file: the order an operator fixes them in.
         let file_index = |e: &ConfigError| all.iter().position(|s| s.name == e.file);
@@ -193,6 +138,21 @@ impl Parts {
         let Some(mut doc) = Document::parse(src, errors) else {
             return;
         };
+        self.add_peer(file_index, src, &mut doc, errors);
+        self.add_service(src, &mut doc, errors);
+        self.add_rules(src, &mut doc, errors);
+        self.add_llm(src, &mut doc, errors);
+        self.add_marketplace(src, &mut doc, errors);
+    }
+
+    /// `[envoy_ratelimit]` and each `[[domain]]`: the peer's settings.
+    fn add_peer(
+        &mut self,
+        file_index: usize,
+        src: &Source,
+        doc: &mut Document,
+        errors: &mut Vec<ConfigError>,
+    ) {
         if let Some(p) = doc.table::<PeerView>(src, "envoy_ratelimit", errors) {
             if self.peer_view.is_some() {
                 errors.push(src.error(
@@ -208,6 +168,10 @@ impl Parts {
                 self.domain_views.push((src.name.to_string(), d.view));
             }
         }
+    }
+
+    /// `[server]`, `[store]`, `[leases]`: each in one file only.
+    fn add_service(&mut self, src: &Source, doc: &mut Document, errors: &mut Vec<ConfigError>) {
         if let Some(s) = doc.table::<ServerView>(src, "server", errors) {
             if self.server.is_some() {
                 errors.push(src.error(
@@ -216,14 +180,23 @@ impl Parts {
                     "[server] is set in two files",
                 ));
             }
-            self.server = Some(server_config(src, s.view.into_inner(), errors));
+            self.server = Some(validate_server::server_config(
+                src,
+                s.view.into_inner(),
+                errors,
+            ));
         }
         if let Some(s) = doc.table::<StoreView>(src, "store", errors) {
             if self.store.is_some() {
                 errors.push(src.error(s.view.span().start, "store", "[store] is set in two files"));
             }
             let url_dropped = s.dropped("url");
-            self.store = Some(store_config(src, s.view.into_inner(), url_dropped, errors));
+            self.store = Some(validate_server::store_config(
+                src,
+                s.view.into_inner(),
+                url_dropped,
+                errors,
+            ));
         }
         if let Some(l) = doc.table::<LeasesView>(src, "leases", errors) {
             if self.leases.is_some() {
@@ -235,11 +208,15 @@ impl Parts {
             }
             self.leases = Some(validate_leases::leases(src, l.view.into_inner(), errors));
         }
+    }
+
+    /// Each `[[rule]]`, with its own `lease` kept beside it.
+    fn add_rules(&mut self, src: &Source, doc: &mut Document, errors: &mut Vec<ConfigError>) {
         for (i, value) in doc.array(src, "rule", errors).into_iter().enumerate() {
             let before = errors.len();
             if let Some(r) = tree::view::<RuleView>(src, "rule", value, errors) {
                 let lease = r.view.get_ref().lease;
-                if let Some(rule) = rule(src, i, r.view, before, errors) {
+                if let Some(rule) = validate_rule::rule(src, i, r.view, before, errors) {
                     self.toml_domains
                         .entry(rule.domain.clone())
                         .or_insert_with(|| src.name.to_string());
@@ -248,6 +225,10 @@ impl Parts {
                 }
             }
         }
+    }
+
+    /// `[llm]`, `[[model]]`, prices, `[[quota]]`, `[[class]]`.
+    fn add_llm(&mut self, src: &Source, doc: &mut Document, errors: &mut Vec<ConfigError>) {
         if let Some(l) = doc.table::<LlmView>(src, "llm", errors) {
             if self.llm_set {
                 errors.push(src.error(l.view.span().start, "llm", "[llm] is set in two files"));
@@ -264,13 +245,13 @@ impl Parts {
                     .push(validate_llm::model(src, m.view, errors));
             }
         }
-        validate_llm::prices(src, &mut doc, &mut self.llm, errors);
+        validate_price::prices(src, doc, &mut self.llm, errors);
         for value in doc.array(src, "quota", errors) {
             let before = errors.len();
             if let Some(q) = tree::view::<QuotaView>(src, "quota", value, errors) {
                 self.llm
                     .quotas
-                    .extend(validate_llm::quota(src, q.view, before, errors));
+                    .extend(validate_quota::quota(src, q.view, before, errors));
             }
         }
         for value in doc.array(src, "class", errors) {
@@ -281,6 +262,10 @@ impl Parts {
                     .push(validate_llm::class(src, c.view, errors));
             }
         }
+    }
+
+    /// `[marketplace]`, in one file only.
+    fn add_marketplace(&mut self, src: &Source, doc: &mut Document, errors: &mut Vec<ConfigError>) {
         if let Some(m) = doc.table::<MarketplaceView>(src, "marketplace", errors) {
             if self.marketplace.is_some() {
                 errors.push(src.error(
@@ -294,429 +279,7 @@ impl Parts {
     }
 }
 
-fn server_config(src: &Source, v: ServerView, errors: &mut Vec<ConfigError>) -> ServerConfig {
-    let mut c = ServerConfig::default();
-    if let Some(s) = v.grpc_listen {
-        parse_into(
-            src,
-            &s,
-            "server.grpc_listen",
-            errors,
-            &mut c.grpc_listen,
-            |t| {
-                t.parse()
-                    .map_err(|_| format!("`{t}` is not an address like 127.0.0.1:8081"))
-            },
-        );
-    }
-    if let Some(s) = v.admin_listen {
-        parse_into(
-            src,
-            &s,
-            "server.admin_listen",
-            errors,
-            &mut c.admin_listen,
-            |t| {
-                t.parse()
-                    .map_err(|_| format!("`{t}` is not an address like 127.0.0.1:9090"))
-            },
-        );
-    }
-    if let Some(s) = v.log_format {
-        parse_into(
-            src,
-            &s,
-            "server.log_format",
-            errors,
-            &mut c.log_format,
-            |t| match t {
-                "human" => Ok(LogFormat::Human),
-                "json" => Ok(LogFormat::Json),
-                _ => Err(suggest::expected(t, LOG_FORMATS)),
-            },
-        );
-    }
-    if let Some(s) = v.shutdown_grace {
-        parse_into(
-            src,
-            &s,
-            "server.shutdown_grace",
-            errors,
-            &mut c.shutdown_grace,
-            duration,
-        );
-    }
-    c.tls = validate_tls::server(src, v.tls_cert, v.tls_key, v.tls_client_ca, errors);
-    for (field, value, out) in [
-        ("server.read_timeout", v.read_timeout, &mut c.read_timeout),
-        ("server.idle_timeout", v.idle_timeout, &mut c.idle_timeout),
-    ] {
-        if let Some(s) = value {
-            parse_into(src, &s, field, errors, out, |t| {
-                // Zero would close every connection at once; an hour is
-                // already no limit for a slow client.
-                duration(t).and_then(|d| {
-                    if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) {
-                        Ok(d)
-                    } else {
-                        Err(format!("`{t}`: between 100ms and 1h, like \"10s\""))
-                    }
-                })
-            });
-        }
-    }
-    if let Some(n) = v.max_connections {
-        match usize::try_from(*n.get_ref()) {
-            Ok(m) if (1..=1_000_000).contains(&m) => c.max_connections = m,
-            _ => errors.push(src.error(
-                n.span().start,
-                "server.max_connections",
-                format!("{}: between 1 and 1000000", n.get_ref()),
-            )),
-        }
-    }
-    c
-}
-
-fn store_config(
-    src: &Source,
-    v: StoreView,
-    url_dropped: bool,
-    errors: &mut Vec<ConfigError>,
-) -> StoreConfig {
-    let mut c = StoreConfig::default();
-    let kind_at = v.kind.as_ref().map(|k| k.span().start).unwrap_or(0);
-    if let Some(s) = v.kind {
-        parse_into(src, &s, "store.kind", errors, &mut c.kind, |t| match t {
-            "memory" => Ok(StoreKind::Memory),
-            "redis" => Ok(StoreKind::Redis),
-            _ => Err(suggest::expected(t, STORE_KINDS)),
-        });
-    }
-    if let Some(b) = v.cluster {
-        c.cluster = b;
-    }
-    if let Some(s) = &v.url {
-        c.urls = redis_url::urls(src, s, c.cluster, errors);
-    }
-    if let Some(s) = v.connect_timeout {
-        parse_into(
-            src,
-            &s,
-            "store.connect_timeout",
-            errors,
-            &mut c.connect_timeout,
-            duration,
-        );
-    }
-    if let Some(s) = v.timeout {
-        parse_into(src, &s, "store.timeout", errors, &mut c.timeout, duration);
-    }
-    if let Some(s) = v.on_error {
-        parse_into(
-            src,
-            &s,
-            "store.on_error",
-            errors,
-            &mut c.on_error,
-            failure_policy,
-        );
-    }
-    c.tls = validate_tls::store(src, v.tls_ca, v.tls_cert, v.tls_key, &c.urls, errors);
-    if c.kind == StoreKind::Redis && c.urls.is_empty() && !url_dropped {
-        errors.push(src.error(kind_at, "store.url", "kind = \"redis\" needs a url"));
-    }
-    c
-}
-
-/// One `[[rule]]`; `before` is the error count before its table was read,
-/// so a rule with any error (type errors included) is not built, and no
-/// "missing" error is added for a field already reported as wrong.
-fn rule(
-    src: &Source,
-    index: usize,
-    view: Spanned<RuleView>,
-    before: usize,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Rule> {
-    let at = view.span().start;
-    let v = view.into_inner();
-    let field = |name: &str| format!("rule[{index}].{name}");
-
-    let domain = v.domain.get_ref().trim().to_string();
-    if domain.is_empty() {
-        errors.push(src.error(v.domain.span().start, field("domain"), "must not be empty"));
-    }
-    let mut pattern = Vec::new();
-    if v.path.get_ref().is_empty() {
-        errors.push(src.error(
-            v.path.span().start,
-            field("match"),
-            "needs at least one descriptor entry",
-        ));
-    }
-    for p in v.path.get_ref() {
-        match EntryPattern::parse(p) {
-            Ok(p) => pattern.push(p),
-            Err(e) => errors.push(src.error(v.path.span().start, field("match"), e)),
-        }
-    }
-    let mut algorithm = Algorithm::default();
-    if let Some(a) = &v.algorithm {
-        parse_into(
-            src,
-            a,
-            &field("algorithm"),
-            errors,
-            &mut algorithm,
-            algorithm_of,
-        );
-    }
-    // Whose calendar starts the rule's days, weeks, months and years
-    // (`epoch`: envoyproxy/ratelimit's fixed lengths from the epoch).
-    let zone = match &v.time_zone {
-        None => Zone::Utc,
-        Some(z) => validate_llm::time_zone(src, z, &field("time_zone"), errors).unwrap_or_default(),
-    };
-    let mut limits = Vec::new();
-    let mut push_limit = |lv: &LimitView, offset: usize, errors: &mut Vec<ConfigError>| {
-        let Some(period) = Period::parse(&lv.per) else {
-            errors.push(src.error(
-                offset,
-                field("limit.per"),
-                format!(
-                    "`{}`: expected second, minute, hour, day, week, month or year{}",
-                    lv.per,
-                    suggest::hint(&lv.per, PERIODS.iter().copied())
-                ),
-            ));
-            return;
-        };
-        let algorithm = match lv.algorithm.as_deref().map(algorithm_of) {
-            None => algorithm,
-            Some(Ok(a)) => a,
-            Some(Err(e)) => {
-                errors.push(src.error(offset, field("limit.algorithm"), e));
-                return;
-            }
-        };
-        let limit = Limit {
-            amount: lv.requests,
-            period,
-            algorithm,
-            zone,
-        };
-        // `requests = 0` blocks every hit (envoyproxy/ratelimit's
-        // `requests_per_unit: 0`); a bucket that never refills cannot.
-        let blocks = limit.amount == 0 && limit.algorithm == Algorithm::FixedWindow;
-        match limit.validate() {
-            Ok(()) => limits.push(limit),
-            Err(_) if blocks => limits.push(limit),
-            Err(e) => errors.push(src.error(offset, field("limit.requests"), e)),
-        }
-    };
-    match (&v.limit, &v.limits) {
-        (Some(l), None) => push_limit(l.get_ref(), l.span().start, errors),
-        (None, Some(ls)) => {
-            for l in ls.get_ref() {
-                push_limit(l, ls.span().start, errors);
-            }
-        }
-        (Some(l), Some(_)) => errors.push(src.error(
-            l.span().start,
-            field("limit"),
-            "set `limit` or `limits`, not both",
-        )),
-        (None, None) => {}
-    }
-    if v.unlimited && !limits.is_empty() {
-        errors.push(src.error(at, field("unlimited"), "an unlimited rule takes no limit"));
-    }
-    if v.no_limit && (v.unlimited || !limits.is_empty()) {
-        errors.push(src.error(
-            at,
-            field("no_limit"),
-            "a rule with no_limit takes no limit and is not unlimited",
-        ));
-    }
-    if !v.unlimited && !v.no_limit && limits.is_empty() && errors.len() == before {
-        errors.push(src.error(
-            at,
-            field("limit"),
-            "missing: set `limit = { requests = N, per = \"minute\" }` or `unlimited = true`",
-        ));
-    }
-    if let (Some(n), true) = (&v.name, v.no_limit) {
-        errors.push(src.error(
-            n.span().start,
-            field("name"),
-            "a rule with no_limit has no name (nothing to replace or report)",
-        ));
-    }
-    let mut share = Vec::new();
-    if let Some(keys) = &v.share_threshold {
-        share = vec![None; pattern.len()];
-        for k in keys.get_ref() {
-            match pattern.iter().position(|p| p.key() == k && p.is_wildcard()) {
-                Some(level) => share[level] = pattern[level].value_text(),
-                None => errors.push(src.error(
-                    keys.span().start,
-                    field("share_threshold"),
-                    format!("`{k}` is not a key with a wildcard value (`{k}=prefix*`) in `match`"),
-                )),
-            }
-        }
-    }
-    let metadata = match &v.metadata {
-        None => None,
-        Some(m) => match serde_json::to_value(m.get_ref()) {
-            Ok(serde_json::Value::Object(o)) => Some(Arc::new(o)),
-            Ok(_) | Err(_) => {
-                errors.push(src.error(
-                    m.span().start,
-                    field("metadata"),
-                    "must be a table of values",
-                ));
-                None
-            }
-        },
-    };
-    let mut on_error = None;
-    if let Some(s) = &v.on_error {
-        let mut p = FailurePolicy::FailClosed;
-        if parse_into(src, s, &field("on_error"), errors, &mut p, failure_policy) {
-            on_error = Some(p);
-        }
-    }
-    let mut reserve = None;
-    if let Some(k) = &v.reserve {
-        let key = k.get_ref().trim().to_string();
-        if !pattern
-            .iter()
-            .any(|p| matches!(p, EntryPattern::AnyValue { key: pk } if *pk == key))
-        {
-            errors.push(src.error(
-                k.span().start,
-                field("reserve"),
-                format!("`{key}` must be a bare key in `match` (one value per request)"),
-            ));
-        }
-        if v.shadow || v.unlimited {
-            errors.push(src.error(
-                k.span().start,
-                field("reserve"),
-                "a reserving rule cannot be shadow or unlimited",
-            ));
-        }
-        reserve = Some(key);
-    }
-    let name = v.name.as_ref().map(|n| n.get_ref().trim().to_string());
-    if let Some(n) = &v.name {
-        if n.get_ref().trim().is_empty() {
-            errors.push(src.error(n.span().start, field("name"), "must not be empty"));
-        }
-    }
-    if let Some(n) = &name {
-        if v.replaces.iter().any(|r| r == n) {
-            // A rule that replaced itself would never be enforced
-            // (envoyproxy/ratelimit refuses it too).
-            errors.push(src.error(
-                at,
-                field("replaces"),
-                format!(
-                    "`{n}` replaces itself: replaces should not contain name of same descriptor"
-                ),
-            ));
-        }
-    }
-    if errors.len() > before {
-        return None;
-    }
-    let label = name
-        .clone()
-        .unwrap_or_else(|| format!("{domain}:{}", path_text(&pattern)));
-    Some(Rule {
-        id: RuleId::new(&domain, &pattern),
-        label,
-        name,
-        domain,
-        pattern,
-        limits,
-        unlimited: v.unlimited,
-        shadow: v.shadow,
-        detailed_metric: v.detailed_metric,
-        replaces: v.replaces,
-        on_error,
-        reserve,
-        lease: false,
-        source: format!("{}:{}", src.name, src.line_of(at)),
-        quota_mode: v.quota_mode,
-        metadata,
-        share,
-    })
-}
-
-/// `merge_domains = false` (`MERGE_DOMAIN_CONFIG=false`) for TOML: a
-/// domain's rules are all in one file.
-fn check_toml_domains_unmerged(rules: &[Rule], sources: &[&Source], errors: &mut Vec<ConfigError>) {
-    let mut first: HashMap<&str, &str> = HashMap::new();
-    for r in rules {
-        let file = r
-            .source
-            .rsplit_once(':')
-            .map_or(r.source.as_str(), |(f, _)| f);
-        if !sources.iter().any(|s| s.name == file) {
-            continue;
-        }
-        match first.get(r.domain.as_str()) {
-            None => {
-                first.insert(&r.domain, file);
-            }
-            Some(f) if *f != file => errors.push(ConfigError::at(
-                &r.source,
-                "rule.domain",
-                format!(
-                    "domain `{}` is also in {f}, and merge_domains is false",
-                    r.domain
-                ),
-            )),
-            Some(_) => {}
-        }
-    }
-}
-
-/// Names are what `replaces` and metrics refer to: they must be unique and
-/// every replaced name must exist.
-fn check_names(rules: &[Rule], errors: &mut Vec<ConfigError>) {
-    let mut seen = BTreeSet::new();
-    for r in rules {
-        if let Some(n) = &r.name {
-            if !seen.insert(n.as_str()) {
-                errors.push(ConfigError::at(
-                    &r.source,
-                    "rule.name",
-                    format!("`{n}` names two rules"),
-                ));
-            }
-        }
-    }
-    for r in rules {
-        for n in &r.replaces {
-            if !seen.contains(n.as_str()) {
-                errors.push(ConfigError::at(
-                    &r.source,
-                    "rule.replaces",
-                    format!(
-                        "no rule is named `{n}`{}",
-                        suggest::hint(n, seen.iter().copied())
-                    ),
-                ));
-            }
-        }
-    }
-}
-
-fn path_text(pattern: &[EntryPattern]) -> String {
+pub(super) fn path_text(pattern: &[EntryPattern]) -> String {
     pattern
         .iter()
         .map(|p| p.to_string())
@@ -726,7 +289,7 @@ fn path_text(pattern: &[EntryPattern]) -> String {
 
 /// Parses a spanned string into `out`; on failure records a located error.
 /// Returns whether it parsed.
-fn parse_into<T>(
+pub(super) fn parse_into<T>(
     src: &Source,
     value: &Spanned<String>,
     field: &str,
@@ -744,10 +307,6 @@ fn parse_into<T>(
             false
         }
     }
-}
-
-fn duration(t: &str) -> Result<Duration, String> {
-    humantime::parse_duration(t).map_err(|e| format!("`{t}`: {e} (write e.g. \"50ms\", \"5s\")"))
 }
 
 pub(super) fn failure_policy(t: &str) -> Result<FailurePolicy, String> {

@@ -1,31 +1,63 @@
 //! Validation of `[llm]`, `[[model]]` and `[[quota]]`.
 
 use super::error::Source;
-use super::file::{ClassView, CountView, LlmView, ModelView, PriceView, QuotaView};
-use super::suggest::{self, COUNTS, ESTIMATORS, IDENTITY_KEYS, MAX_WAIT_WORDS, SETTLE_POLICIES};
-use super::tree::Document;
-use super::validate::{algorithm_of, failure_policy};
+use super::file::{ClassView, LlmView, ModelView};
+use super::suggest::{self, ESTIMATORS, IDENTITY_KEYS, MAX_WAIT_WORDS, SETTLE_POLICIES};
+use super::validate_price;
 use super::ConfigError;
 use crate::rules::{
-    micros, Algorithm, Class, CountSpec, Estimator, IdentityKey, Limit, LlmConfig, LlmSettings,
-    MaxWait, Model, Period, Price, Quota, QuotaLimit, RuleId, SettlePolicy, ValuePattern, Zone,
+    Class, Estimator, IdentityKey, LlmSettings, MaxWait, Model, Quota, SettlePolicy, ValuePattern,
+    Zone,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use toml::Spanned;
 
+/// `[llm]` from its view: each step checks one group of fields, in the
+/// order their errors have always been reported.
 pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) -> LlmSettings {
     let mut s = LlmSettings::default();
-    if let Some(h) = v.tenant_header {
+    plain(&v, &mut s);
+    estimator(src, &v, &mut s, errors);
+    body_limits(src, &v, &mut s, errors);
+    settling(src, &v, &mut s, errors);
+    waits(src, &v, &mut s, errors);
+    currency(src, &v, &mut s, errors);
+    s
+}
+
+/// The fields any value of their type is good for: header names
+/// (lowercased, as HTTP/2 sends them) and switches.
+fn plain(v: &LlmView, s: &mut LlmSettings) {
+    if let Some(h) = &v.tenant_header {
         s.tenant_header = h.to_ascii_lowercase();
     }
-    if let Some(h) = v.api_key_header {
+    if let Some(h) = &v.api_key_header {
         s.api_key_header = h.to_ascii_lowercase();
     }
-    if let Some(h) = v.class_header {
+    if let Some(h) = &v.class_header {
         s.class_header = h.to_ascii_lowercase();
     }
-    if let Some(e) = v.estimator {
+    if let Some(b) = v.inject_stream_usage {
+        s.inject_stream_usage = b;
+    }
+    if let Some(b) = v.allow_unknown_models {
+        s.allow_unknown_models = b;
+    }
+    if let Some(n) = v.unknown_model_max_output {
+        s.unknown_model_max_output = n;
+    }
+    if let Some(h) = &v.model_header {
+        s.model_header = h.to_ascii_lowercase();
+    }
+    if let Some(b) = v.ietf_headers {
+        s.ietf_headers = b;
+    }
+}
+
+/// `estimator`: how a request's tokens are guessed before the answer.
+fn estimator(src: &Source, v: &LlmView, s: &mut LlmSettings, errors: &mut Vec<ConfigError>) {
+    if let Some(e) = &v.estimator {
         match Estimator::parse(e.get_ref()) {
             Some(estimator) => s.estimator = estimator,
             None => errors.push(src.error(
@@ -35,16 +67,18 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
             )),
         }
     }
-    if let Some(b) = v.inject_stream_usage {
-        s.inject_stream_usage = b;
-    }
-    if let Some(b) = v.max_body_bytes {
+}
+
+/// `max_body_bytes` and `max_buffered_bytes`: the buffer holds at least
+/// the largest body.
+fn body_limits(src: &Source, v: &LlmView, s: &mut LlmSettings, errors: &mut Vec<ConfigError>) {
+    if let Some(b) = &v.max_body_bytes {
         if *b.get_ref() < 1024 {
             errors.push(src.error(b.span().start, "llm.max_body_bytes", "at least 1024"));
         }
         s.max_body_bytes = usize::try_from(*b.get_ref()).unwrap_or(usize::MAX);
     }
-    if let Some(b) = v.max_buffered_bytes {
+    if let Some(b) = &v.max_buffered_bytes {
         s.max_buffered_bytes = usize::try_from(*b.get_ref()).unwrap_or(usize::MAX);
         if s.max_buffered_bytes < s.max_body_bytes {
             errors.push(src.error(
@@ -59,7 +93,12 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
     } else {
         s.max_buffered_bytes = s.max_buffered_bytes.max(s.max_body_bytes);
     }
-    if let Some(t) = v.reservation_ttl {
+}
+
+/// `reservation_ttl`, `on_abort`, `on_upstream_error`: how a reservation
+/// ends when no usage comes back.
+fn settling(src: &Source, v: &LlmView, s: &mut LlmSettings, errors: &mut Vec<ConfigError>) {
+    if let Some(t) = &v.reservation_ttl {
         match humantime::parse_duration(t.get_ref()) {
             Ok(d) if d.as_secs() >= 1 => s.reservation_ttl = d,
             _ => errors.push(src.error(
@@ -70,10 +109,10 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
         }
     }
     for (field, value, out) in [
-        ("llm.on_abort", v.on_abort, &mut s.on_abort),
+        ("llm.on_abort", &v.on_abort, &mut s.on_abort),
         (
             "llm.on_upstream_error",
-            v.on_upstream_error,
+            &v.on_upstream_error,
             &mut s.on_upstream_error,
         ),
     ] {
@@ -92,16 +131,15 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
             }
         }
     }
-    if let Some(b) = v.allow_unknown_models {
-        s.allow_unknown_models = b;
-    }
-    if let Some(n) = v.unknown_model_max_output {
-        s.unknown_model_max_output = n;
-    }
+}
+
+/// `max_wait`, `max_wait_cap`, `max_message_timeout`: how long a request
+/// may be held, within what Envoy allows.
+fn waits(src: &Source, v: &LlmView, s: &mut LlmSettings, errors: &mut Vec<ConfigError>) {
     if let Some(w) = max_wait(src, v.max_wait.as_ref(), "llm.max_wait", errors) {
         s.max_wait = w;
     }
-    if let Some(c) = v.max_wait_cap {
+    if let Some(c) = &v.max_wait_cap {
         match humantime::parse_duration(c.get_ref().trim()) {
             Ok(d) if d <= Duration::from_secs(3600) => s.max_wait_cap = d,
             _ => errors.push(src.error(
@@ -111,7 +149,7 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
             )),
         }
     }
-    if let Some(t) = v.max_message_timeout {
+    if let Some(t) = &v.max_message_timeout {
         match humantime::parse_duration(t.get_ref().trim()) {
             Ok(d) if d >= Duration::from_secs(2) && d <= Duration::from_secs(3600) => {
                 s.max_message_timeout = d
@@ -126,13 +164,11 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
             )),
         }
     }
-    if let Some(h) = v.model_header {
-        s.model_header = h.to_ascii_lowercase();
-    }
-    if let Some(b) = v.ietf_headers {
-        s.ietf_headers = b;
-    }
-    if let Some(c) = v.currency {
+}
+
+/// `currency`: the short code money budgets and prices are in.
+fn currency(src: &Source, v: &LlmView, s: &mut LlmSettings, errors: &mut Vec<ConfigError>) {
+    if let Some(c) = &v.currency {
         let code = c.get_ref().trim();
         if code.is_empty() || code.len() > 8 || !code.chars().all(|ch| ch.is_ascii_alphanumeric()) {
             errors.push(src.error(
@@ -144,11 +180,10 @@ pub(crate) fn settings(src: &Source, v: LlmView, errors: &mut Vec<ConfigError>) 
             s.currency = code.to_string();
         }
     }
-    s
 }
 
 /// An optional `max_wait` field: `"auto"` or a duration.
-fn max_wait(
+pub(super) fn max_wait(
     src: &Source,
     v: Option<&Spanned<String>>,
     field: &str,
@@ -166,7 +201,7 @@ fn max_wait(
 }
 
 /// A `match = { key = "pattern" }` table of a quota or a class.
-fn matchers(
+pub(super) fn matchers(
     src: &Source,
     table: Option<&Spanned<BTreeMap<String, String>>>,
     at: usize,
@@ -221,171 +256,8 @@ pub(crate) fn model(src: &Source, v: Spanned<ModelView>, errors: &mut Vec<Config
         price: m
             .price
             .as_ref()
-            .and_then(|p| price(src, p, "model.price", errors)),
+            .and_then(|p| validate_price::price(src, p, "model.price", errors)),
     }
-}
-
-/// One `[[quota]]`; `before` is the error count before its table was
-/// read, so a quota with any error (type errors included) is not built.
-pub(crate) fn quota(
-    src: &Source,
-    v: Spanned<QuotaView>,
-    before: usize,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Quota> {
-    let at = v.span().start;
-    let q = v.into_inner();
-    let name = q.name.get_ref().trim().to_string();
-    if name.is_empty() {
-        errors.push(src.error(q.name.span().start, "quota.name", "must not be empty"));
-    }
-    let matchers = matchers(src, q.matchers.as_ref(), at, "quota.match", errors);
-    let max_wait = max_wait(src, q.max_wait.as_ref(), "quota.max_wait", errors);
-    let limits = quota_limits(src, &q, at, errors);
-    if limits.is_empty() && errors.len() == before {
-        errors.push(src.error(
-            at,
-            "quota.tokens_per_minute",
-            "a quota needs at least one limit: tokens_per_*, requests_per_* or spend_per_* \
-             (minute, hour, day, week, month), or max_concurrent",
-        ));
-    }
-    let count = count(src, q.count.as_ref(), errors);
-    let mut on_error = None;
-    if let Some(p) = &q.on_error {
-        match failure_policy(p.get_ref()) {
-            Ok(x) => on_error = Some(x),
-            Err(e) => errors.push(src.error(p.span().start, "quota.on_error", e)),
-        }
-    }
-    let warn_at = q.warn_at.as_ref().map(|w| {
-        let x = *w.get_ref();
-        if !(x > 0.0 && x < 1.0) {
-            errors.push(src.error(
-                w.span().start,
-                "quota.warn_at",
-                format!("{x}: a fraction of each limit, above 0 and below 1, like 0.8"),
-            ));
-        }
-        x
-    });
-    if errors.len() > before {
-        return None;
-    }
-    Some(Quota {
-        id: RuleId::new(&format!("quota:{name}"), &[]),
-        name,
-        matchers,
-        limits,
-        count,
-        on_error,
-        max_wait,
-        warn_at,
-        source: format!("{}:{}", src.name, src.line_of(at)),
-    })
-}
-
-/// The periods a quota's `*_per_*` fields come in.
-const QUOTA_PERIODS: [Period; 5] = [
-    Period::Minute,
-    Period::Hour,
-    Period::Day,
-    Period::Week,
-    Period::Month,
-];
-
-/// A quota's limits: tokens, requests and spend per period, then
-/// concurrency. `algorithm` applies where windows have one length; days in
-/// a time zone, weeks and months always count calendar windows.
-fn quota_limits(
-    src: &Source,
-    q: &QuotaView,
-    at: usize,
-    errors: &mut Vec<ConfigError>,
-) -> Vec<QuotaLimit> {
-    let mut algorithm = Algorithm::FixedWindow;
-    if let Some(a) = &q.algorithm {
-        match algorithm_of(a.get_ref()) {
-            Ok(x) => algorithm = x,
-            Err(e) => errors.push(src.error(a.span().start, "quota.algorithm", e)),
-        }
-    }
-    let zone = q
-        .time_zone
-        .as_ref()
-        .and_then(|z| time_zone(src, z, "quota.time_zone", errors))
-        .unwrap_or_default();
-    let tokens = [
-        q.tokens_per_minute,
-        q.tokens_per_hour,
-        q.tokens_per_day,
-        q.tokens_per_week,
-        q.tokens_per_month,
-    ];
-    let requests = [
-        q.requests_per_minute,
-        q.requests_per_hour,
-        q.requests_per_day,
-        q.requests_per_week,
-        q.requests_per_month,
-    ];
-    let spend = [
-        q.spend_per_minute,
-        q.spend_per_hour,
-        q.spend_per_day,
-        q.spend_per_week,
-        q.spend_per_month,
-    ];
-    let limit = |amount: u64, period: Period| Limit {
-        amount,
-        period,
-        algorithm: if period.is_fixed(zone) {
-            algorithm
-        } else {
-            Algorithm::FixedWindow
-        },
-        zone,
-    };
-    let mut limits = Vec::new();
-    let mut push = |l: QuotaLimit, errors: &mut Vec<ConfigError>| {
-        let (QuotaLimit::Tokens(x) | QuotaLimit::Requests(x) | QuotaLimit::Spend(x)) = l else {
-            return;
-        };
-        match x.validate() {
-            Ok(()) => limits.push(l),
-            Err(e) => errors.push(src.error(at, format!("quota.{}", l.field()), e)),
-        }
-    };
-    for (kind, amounts) in [(0, tokens), (1, requests)] {
-        for (amount, period) in amounts.into_iter().zip(QUOTA_PERIODS) {
-            let Some(amount) = amount else { continue };
-            let l = limit(amount, period);
-            push(
-                if kind == 0 {
-                    QuotaLimit::Tokens(l)
-                } else {
-                    QuotaLimit::Requests(l)
-                },
-                errors,
-            );
-        }
-    }
-    for (amount, period) in spend.into_iter().zip(QUOTA_PERIODS) {
-        let Some(amount) = amount else { continue };
-        let field = format!("quota.spend_per_{}", period.as_str());
-        match micros(amount) {
-            Ok(0) => errors.push(src.error(at, field, "must be more than 0")),
-            Ok(m) => push(QuotaLimit::Spend(limit(m, period)), errors),
-            Err(e) => errors.push(src.error(at, field, e.to_string())),
-        }
-    }
-    if let Some(max) = q.max_concurrent {
-        if max == 0 {
-            errors.push(src.error(at, "quota.max_concurrent", "must be at least 1"));
-        }
-        limits.push(QuotaLimit::Concurrent { max });
-    }
-    limits
 }
 
 /// An IANA time zone name (`Europe/Berlin`) or `UTC`.
@@ -409,76 +281,6 @@ pub(crate) fn time_zone(
         ));
     }
     zone
-}
-
-/// A quota's `count`: a named count or weights.
-fn count(src: &Source, c: Option<&Spanned<CountView>>, errors: &mut Vec<ConfigError>) -> CountSpec {
-    let Some(c) = c else {
-        return CountSpec::Total;
-    };
-    match c.get_ref() {
-        CountView::Name(n) => match n.as_str() {
-            "prompt" => CountSpec::Prompt,
-            "completion" => CountSpec::Completion,
-            "total" => CountSpec::Total,
-            other => {
-                errors.push(src.error(
-                    c.span().start,
-                    "quota.count",
-                    format!(
-                        "`{other}`: expected prompt, completion, total or {{ prompt = 1, completion = 4, cached = 0 }}{}",
-                        suggest::hint(other, COUNTS.iter().copied())
-                    ),
-                ));
-                CountSpec::Total
-            }
-        },
-        CountView::Weights(w) => {
-            if [w.prompt, w.completion, w.cached]
-                .iter()
-                .any(|x| !(0.0..=1000.0).contains(x))
-            {
-                errors.push(src.error(
-                    c.span().start,
-                    "quota.count",
-                    "weights must be between 0 and 1000",
-                ));
-            }
-            CountSpec::Weights {
-                prompt: w.prompt,
-                completion: w.completion,
-                cached: w.cached,
-            }
-        }
-    }
-}
-
-/// A price per million tokens as micro-units per million.
-pub(crate) fn price(
-    src: &Source,
-    v: &Spanned<PriceView>,
-    field: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Price> {
-    let p = v.get_ref();
-    let mut one = |x: f64, what: &str| match micros(x) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            errors.push(src.error(v.span().start, format!("{field}.{what}"), e.to_string()));
-            None
-        }
-    };
-    let input = one(p.input, "input");
-    let output = one(p.output, "output");
-    let cached_input = match p.cached_input {
-        Some(c) => one(c, "cached_input"),
-        None => input,
-    };
-    Some(Price {
-        input: input?,
-        output: output?,
-        cached_input: cached_input?,
-    })
 }
 
 pub(crate) fn class(src: &Source, v: Spanned<ClassView>, errors: &mut Vec<ConfigError>) -> Class {
@@ -596,65 +398,6 @@ pub(crate) fn cross_check(
                     ),
                 ));
             }
-        }
-    }
-}
-
-/// `[prices]`: model name → price, beside (not instead of) the `[[model]]`
-/// tables; one price per model across all files.
-pub(crate) fn prices(
-    src: &Source,
-    doc: &mut Document<'_>,
-    llm: &mut LlmConfig,
-    errors: &mut Vec<ConfigError>,
-) {
-    let Some(table) = doc.table::<BTreeMap<String, Spanned<PriceView>>>(src, "prices", errors)
-    else {
-        return;
-    };
-    for (name, v) in table.view.into_inner() {
-        let field = format!("prices.{name}");
-        let Some(price) = price(src, &v, &field, errors) else {
-            continue;
-        };
-        if llm.prices.insert(name.clone(), price).is_some() {
-            errors.push(src.error(v.span().start, field, format!("`{name}` is priced twice")));
-        }
-    }
-}
-
-/// A model has one price, and every `[[model]]` a quota that limits spend
-/// may match has one (a model the config does not know is refused at
-/// request time instead).
-pub(crate) fn check_prices(llm: &LlmConfig, sources: &[String], errors: &mut Vec<ConfigError>) {
-    for (m, source) in llm.models.iter().zip(sources) {
-        if m.price.is_some() && llm.prices.contains_key(&m.name) {
-            errors.push(ConfigError::at(
-                source,
-                "model.price",
-                format!("`{}` has a price here and in [prices]; keep one", m.name),
-            ));
-        }
-    }
-    for q in llm.quotas.iter().filter(|q| q.limits_spend()) {
-        let models = q
-            .matchers
-            .iter()
-            .find(|(k, _)| *k == IdentityKey::Model)
-            .map(|(_, p)| p);
-        for m in &llm.models {
-            if models.is_some_and(|p| !p.matches(&m.name)) || llm.price(&m.name).is_some() {
-                continue;
-            }
-            errors.push(ConfigError::at(
-                &q.source,
-                "quota.spend",
-                format!(
-                    "quota `{}` limits spend, but model `{}` has no price: give its [[model]] \
-                     `price = {{ input = …, output = … }}` (per million tokens) or add it to [prices]",
-                    q.name, m.name
-                ),
-            ));
         }
     }
 }

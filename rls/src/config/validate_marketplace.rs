@@ -23,6 +23,32 @@ pub(crate) struct Written {
     classes: Option<String>,
 }
 
+/// What every step of [`section`] needs: where the table starts and whether
+/// the marketplace is on (then its required fields are required).
+struct Ctx<'s> {
+    src: &'s Source<'s>,
+    at: usize,
+    on: bool,
+}
+
+impl Ctx<'_> {
+    /// Names a field: `marketplace.endpoint`.
+    fn field(&self, name: &str) -> String {
+        format!("marketplace.{name}")
+    }
+
+    /// A field an enabled marketplace needs is missing.
+    fn required(&self, errors: &mut Vec<ConfigError>, name: &str, what: &str) {
+        if self.on {
+            errors.push(self.src.error(
+                self.at,
+                self.field(name),
+                format!("missing: an enabled marketplace needs {what}"),
+            ));
+        }
+    }
+}
+
 /// `[marketplace]` from its view.
 pub(crate) fn section(
     src: &Source,
@@ -33,50 +59,60 @@ pub(crate) fn section(
     let v = view.into_inner();
     let mut c = MarketplaceConfig::default();
     let mut written = Written::default();
-    let field = |name: &str| format!("marketplace.{name}");
     c.enabled = v.enabled.unwrap_or(false);
     c.offline_mode = v.offline_mode.unwrap_or(false);
-    let on = c.active();
-    let required = |errors: &mut Vec<ConfigError>, name: &str, what: &str| {
-        if on {
-            errors.push(src.error(
-                at,
-                field(name),
-                format!("missing: an enabled marketplace needs {what}"),
-            ));
-        }
+    let cx = Ctx {
+        src,
+        at,
+        on: c.active(),
     };
+    c.api_key = api_key(&cx, &v, errors);
+    endpoint_and_models(&cx, &v, &mut c, &mut written, errors);
+    price_and_hosts(&cx, &v, &mut c, errors);
+    region(&cx, &v, &mut c, errors);
+    timings(&cx, &v, &mut c, errors);
+    queue_limits(&cx, &v, &mut c, errors);
+    (c, written)
+}
 
+/// `api_key_env` or `api_key_file` (never an inline `api_key`); when on,
+/// the variable or file is read now so a bad key fails the check.
+fn api_key(cx: &Ctx, v: &MarketplaceView, errors: &mut Vec<ConfigError>) -> Option<ApiKeySource> {
+    let (src, on) = (cx.src, cx.on);
     if let Some(k) = &v.api_key {
         errors.push(src.error(
             k.span().start,
-            field("api_key"),
+            cx.field("api_key"),
             "never written in the config: name an environment variable (api_key_env) or a file (api_key_file) that holds it",
         ));
     }
     match (&v.api_key_env, &v.api_key_file) {
-        (Some(e), Some(_)) => errors.push(src.error(
-            e.span().start,
-            field("api_key_env"),
-            "set api_key_env or api_key_file, not both",
-        )),
+        (Some(e), Some(_)) => {
+            errors.push(src.error(
+                e.span().start,
+                cx.field("api_key_env"),
+                "set api_key_env or api_key_file, not both",
+            ));
+            None
+        }
         (Some(e), None) => {
             let name = e.get_ref().trim().to_string();
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 errors.push(src.error(
                     e.span().start,
-                    field("api_key_env"),
+                    cx.field("api_key_env"),
                     "not an environment variable name",
                 ));
+                None
             } else {
                 if on && std::env::var(&name).map_or(true, |k| k.trim().is_empty()) {
                     errors.push(src.error(
                         e.span().start,
-                        field("api_key_env"),
+                        cx.field("api_key_env"),
                         format!("environment variable {name} is not set (or empty)"),
                     ));
                 }
-                c.api_key = Some(ApiKeySource::Env(name));
+                Some(ApiKeySource::Env(name))
             }
         }
         (None, Some(f)) => {
@@ -86,42 +122,55 @@ pub(crate) fn section(
                     Ok(k) if !k.trim().is_empty() => {}
                     Ok(_) => errors.push(src.error(
                         f.span().start,
-                        field("api_key_file"),
+                        cx.field("api_key_file"),
                         format!("{}: the file is empty", path.display()),
                     )),
                     Err(e) => errors.push(src.error(
                         f.span().start,
-                        field("api_key_file"),
+                        cx.field("api_key_file"),
                         format!("{}: cannot read: {e}", path.display()),
                     )),
                 }
             }
-            c.api_key = Some(ApiKeySource::File(path));
+            Some(ApiKeySource::File(path))
         }
-        (None, None) => required(errors, "api_key_env", "api_key_env or api_key_file"),
+        (None, None) => {
+            cx.required(errors, "api_key_env", "api_key_env or api_key_file");
+            None
+        }
     }
+}
 
+/// Where to ask (`endpoint`) and for what (`models`, `classes`, whose
+/// places are kept for [`cross_check`]).
+fn endpoint_and_models(
+    cx: &Ctx,
+    v: &MarketplaceView,
+    c: &mut MarketplaceConfig,
+    written: &mut Written,
+    errors: &mut Vec<ConfigError>,
+) {
+    let src = cx.src;
     match &v.endpoint {
         Some(e) => match endpoint(e.get_ref()) {
             Ok(url) => c.endpoint = url,
-            Err(m) => errors.push(src.error(e.span().start, field("endpoint"), m)),
+            Err(m) => errors.push(src.error(e.span().start, cx.field("endpoint"), m)),
         },
-        None => required(errors, "endpoint", "the marketplace's https:// URL"),
+        None => cx.required(errors, "endpoint", "the marketplace's https:// URL"),
     }
-
     match &v.models {
         Some(m) => {
-            if m.get_ref().is_empty() && on {
+            if m.get_ref().is_empty() && cx.on {
                 errors.push(src.error(
                     m.span().start,
-                    field("models"),
+                    cx.field("models"),
                     "empty: name the [[model]]s it may be asked for",
                 ));
             }
             c.models = m.get_ref().iter().map(|s| s.trim().to_string()).collect();
             written.models = Some(format!("{}:{}", src.name, src.line_of(m.span().start)));
         }
-        None => required(
+        None => cx.required(
             errors,
             "models",
             "models = [\"...\"], the [[model]]s it may be asked for",
@@ -131,13 +180,23 @@ pub(crate) fn section(
         c.classes = Some(k.get_ref().iter().map(|s| s.trim().to_string()).collect());
         written.classes = Some(format!("{}:{}", src.name, src.line_of(k.span().start)));
     }
+}
 
+/// What a quote may cost (`max_price_per_mtoken`) and whose it may be
+/// (`allowed_hosts`).
+fn price_and_hosts(
+    cx: &Ctx,
+    v: &MarketplaceView,
+    c: &mut MarketplaceConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    let src = cx.src;
     match &v.max_price_per_mtoken {
         Some(p) => match Price::from_units(*p.get_ref()) {
             Some(price) if price.0 > 0 => c.max_price = price,
             _ => errors.push(src.error(
                 p.span().start,
-                field("max_price_per_mtoken"),
+                cx.field("max_price_per_mtoken"),
                 format!(
                     "{}: a price per million tokens above 0 and at most {}",
                     p.get_ref(),
@@ -145,54 +204,66 @@ pub(crate) fn section(
                 ),
             )),
         },
-        None => required(
+        None => cx.required(
             errors,
             "max_price_per_mtoken",
             "a price cap per million tokens",
         ),
     }
-
     match &v.allowed_hosts {
         Some(h) => {
             for host in h.get_ref() {
                 match allowed_host(host) {
                     Ok(a) => c.allowed_hosts.push(a),
-                    Err(m) => errors.push(src.error(h.span().start, field("allowed_hosts"), m)),
+                    Err(m) => errors.push(src.error(h.span().start, cx.field("allowed_hosts"), m)),
                 }
             }
-            if h.get_ref().is_empty() && on {
+            if h.get_ref().is_empty() && cx.on {
                 errors.push(src.error(
                     h.span().start,
-                    field("allowed_hosts"),
+                    cx.field("allowed_hosts"),
                     "empty: no supplier would ever be accepted",
                 ));
             }
         }
-        None => required(
+        None => cx.required(
             errors,
             "allowed_hosts",
             "allowed_hosts, the supplier hosts a quote may name",
         ),
     }
+}
 
+/// `region`: a short printable name sent with each ask.
+fn region(cx: &Ctx, v: &MarketplaceView, c: &mut MarketplaceConfig, errors: &mut Vec<ConfigError>) {
     if let Some(r) = &v.region {
         let region = r.get_ref().trim();
         if region.is_empty() || region.len() > 64 || !region.bytes().all(|b| b.is_ascii_graphic()) {
-            errors.push(src.error(
+            errors.push(cx.src.error(
                 r.span().start,
-                field("region"),
+                cx.field("region"),
                 format!("`{region}`: a region name like \"eu-west\""),
             ));
         } else {
             c.region = Some(region.to_string());
         }
     }
+}
+
+/// `timeout`, `cache_ttl`, `breaker_open`, each within its bounds.
+fn timings(
+    cx: &Ctx,
+    v: &MarketplaceView,
+    c: &mut MarketplaceConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    let src = cx.src;
     let ms = Duration::from_millis;
     let secs = Duration::from_secs;
     if let Some(d) = duration_in(
         src,
         v.timeout.as_ref(),
-        &field("timeout"),
+        &cx.field("timeout"),
         ms(10),
         secs(5),
         errors,
@@ -202,7 +273,7 @@ pub(crate) fn section(
     if let Some(d) = duration_in(
         src,
         v.cache_ttl.as_ref(),
-        &field("cache_ttl"),
+        &cx.field("cache_ttl"),
         secs(1),
         secs(3600),
         errors,
@@ -212,19 +283,30 @@ pub(crate) fn section(
     if let Some(d) = duration_in(
         src,
         v.breaker_open.as_ref(),
-        &field("breaker_open"),
+        &cx.field("breaker_open"),
         ms(100),
         secs(3600),
         errors,
     ) {
         c.breaker.open_for = d;
     }
+}
+
+/// `breaker_failures`, `usage_queue`, `usage_attempts`, each within its
+/// bounds.
+fn queue_limits(
+    cx: &Ctx,
+    v: &MarketplaceView,
+    c: &mut MarketplaceConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    let src = cx.src;
     if let Some(n) = &v.breaker_failures {
         match *n.get_ref() {
             n @ 1..=100 => c.breaker.failures = n,
             n => errors.push(src.error(
                 n_at(&v.breaker_failures),
-                field("breaker_failures"),
+                cx.field("breaker_failures"),
                 format!("{n}: between 1 and 100"),
             )),
         }
@@ -234,7 +316,7 @@ pub(crate) fn section(
             n @ 1..=100_000 => c.reports.queue = n as usize,
             n => errors.push(src.error(
                 n_at(&v.usage_queue),
-                field("usage_queue"),
+                cx.field("usage_queue"),
                 format!("{n}: between 1 and 100000"),
             )),
         }
@@ -244,12 +326,11 @@ pub(crate) fn section(
             n @ 1..=20 => c.reports.attempts = n,
             n => errors.push(src.error(
                 n_at(&v.usage_attempts),
-                field("usage_attempts"),
+                cx.field("usage_attempts"),
                 format!("{n}: between 1 and 20"),
             )),
         }
     }
-    (c, written)
 }
 
 /// The models and classes named must be configured ones.
