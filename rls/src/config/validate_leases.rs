@@ -13,7 +13,14 @@ pub(crate) fn leases(src: &Source, v: LeasesView, errors: &mut Vec<ConfigError>)
         p.by_default = e;
     }
     let ms = Duration::from_millis;
-    if let Some(d) = duration(src, v.ttl, "leases.ttl", ms(100), ms(3_600_000), errors) {
+    if let Some(d) = duration(
+        src,
+        v.ttl.as_ref(),
+        "leases.ttl",
+        ms(100),
+        ms(3_600_000),
+        errors,
+    ) {
         p.ttl = d;
     }
     if let Some(s) = v.max_slice {
@@ -35,12 +42,26 @@ pub(crate) fn leases(src: &Source, v: LeasesView, errors: &mut Vec<ConfigError>)
         }
     }
     let beat = "leases.heartbeat";
-    if let Some(d) = duration(src, v.heartbeat, beat, ms(100), ms(600_000), errors) {
+    if let Some(d) = duration(
+        src,
+        v.heartbeat.as_ref(),
+        beat,
+        ms(100),
+        ms(600_000),
+        errors,
+    ) {
         p.heartbeat = d;
     }
     let evict_at = v.evict_after.as_ref().map(|e| e.span().start);
     let evict = "leases.evict_after";
-    if let Some(d) = duration(src, v.evict_after, evict, ms(300), ms(3_600_000), errors) {
+    if let Some(d) = duration(
+        src,
+        v.evict_after.as_ref(),
+        evict,
+        ms(300),
+        ms(3_600_000),
+        errors,
+    ) {
         p.evict_after = d;
     }
     if p.evict_after < p.heartbeat * 2 {
@@ -57,10 +78,11 @@ pub(crate) fn leases(src: &Source, v: LeasesView, errors: &mut Vec<ConfigError>)
     p
 }
 
-/// An optional duration between `min` and `max`.
-fn duration(
+/// An optional duration between `min` and `max`; out of range or
+/// unreadable, an error naming the range (also for `[marketplace]`).
+pub(super) fn duration(
     src: &Source,
-    v: Option<Spanned<String>>,
+    v: Option<&Spanned<String>>,
     field: &str,
     min: Duration,
     max: Duration,

@@ -8,6 +8,7 @@
 use super::error::Source;
 use super::marketplace_view::MarketplaceView;
 use super::suggest;
+use super::validate_leases::duration;
 use super::ConfigError;
 use crate::marketplace::{AllowedHost, ApiKeySource, MarketplaceConfig, Price};
 use crate::rules::LlmConfig;
@@ -260,7 +261,7 @@ fn timings(
     let src = cx.src;
     let ms = Duration::from_millis;
     let secs = Duration::from_secs;
-    if let Some(d) = duration_in(
+    if let Some(d) = duration(
         src,
         v.timeout.as_ref(),
         &cx.field("timeout"),
@@ -270,7 +271,7 @@ fn timings(
     ) {
         c.timeout = d;
     }
-    if let Some(d) = duration_in(
+    if let Some(d) = duration(
         src,
         v.cache_ttl.as_ref(),
         &cx.field("cache_ttl"),
@@ -280,7 +281,7 @@ fn timings(
     ) {
         c.cache_ttl = d;
     }
-    if let Some(d) = duration_in(
+    if let Some(d) = duration(
         src,
         v.breaker_open.as_ref(),
         &cx.field("breaker_open"),
@@ -432,33 +433,6 @@ fn allowed_host(text: &str) -> Result<AllowedHost, String> {
         return Err(bad());
     }
     Ok(AllowedHost { host, port })
-}
-
-fn duration_in(
-    src: &Source,
-    v: Option<&Spanned<String>>,
-    field: &str,
-    min: Duration,
-    max: Duration,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Duration> {
-    let v = v?;
-    match humantime::parse_duration(v.get_ref().trim()) {
-        Ok(d) if d >= min && d <= max => Some(d),
-        _ => {
-            errors.push(src.error(
-                v.span().start,
-                field,
-                format!(
-                    "`{}`: a duration between {} and {}",
-                    v.get_ref(),
-                    humantime::format_duration(min),
-                    humantime::format_duration(max)
-                ),
-            ));
-            None
-        }
-    }
 }
 
 /// A relative path is relative to the directory of the file that names it.
