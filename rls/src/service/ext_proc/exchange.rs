@@ -14,10 +14,23 @@ use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::google::protobuf::Struct;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// What the service answers to one message of the stream.
+type Answer = Result<Option<ProcessingResponse>, tonic::Status>;
+
+/// Why a body message has no request to admit.
+enum Early {
+    /// The stream is not an LLM request: it goes on untouched.
+    Passthrough,
+    /// The stream's request had its body already.
+    SecondBody,
+}
 
 /// Added to Envoy's message timer beyond the longest wait, for the answer
 /// itself to arrive.
@@ -126,19 +139,9 @@ impl Exchange {
                 Some(reply::request_headers(vec![]))
             }
             Request::RequestBody(b) => {
-                let facts = match std::mem::replace(&mut self.phase, Phase::Done) {
-                    Phase::Request(Some(facts)) => facts,
-                    Phase::Request(None) => {
-                        Facts::Attributes(&attributes).request(&self.config.llm.settings, false)
-                    }
-                    Phase::Passthrough => {
-                        self.phase = Phase::Passthrough;
-                        return Ok(Some(reply::request_body(vec![], None, None)));
-                    }
-                    other => {
-                        self.phase = other;
-                        return Err(self.second_body());
-                    }
+                let facts = match self.body_facts(&attributes) {
+                    Ok(facts) => facts,
+                    Err(why) => return self.early(why),
                 };
                 self.on_request_body(facts, &b.body, b.end_of_stream).await
             }
@@ -298,21 +301,9 @@ impl Exchange {
         &mut self,
         msg: ProcessingRequest,
     ) -> Result<Option<ProcessingResponse>, tonic::Status> {
-        let endpoint = match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Request(Some(facts)) => facts.endpoint,
-            Phase::Request(None) => {
-                Facts::Attributes(&msg.attributes)
-                    .request(&self.config.llm.settings, false)
-                    .endpoint
-            }
-            Phase::Passthrough => {
-                self.phase = Phase::Passthrough;
-                return Ok(Some(reply::request_body(vec![], None, None)));
-            }
-            other => {
-                self.phase = other;
-                return Err(self.second_body());
-            }
+        let endpoint = match self.body_facts(&msg.attributes) {
+            Ok(facts) => facts.endpoint,
+            Err(why) => return self.early(why),
         };
         Ok(Some(match endpoint {
             Some(e) => {
@@ -326,6 +317,34 @@ impl Exchange {
                 reply::request_body(vec![], None, None)
             }
         }))
+    }
+
+    /// The request's facts for its body message, taken out of the phase:
+    /// from the headers message, or from the body's attributes; or why
+    /// there are none ([`Exchange::early`] answers it).
+    fn body_facts(&mut self, attributes: &HashMap<String, Struct>) -> Result<RequestFacts, Early> {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Request(Some(facts)) => Ok(facts),
+            Phase::Request(None) => {
+                Ok(Facts::Attributes(attributes).request(&self.config.llm.settings, false))
+            }
+            Phase::Passthrough => {
+                self.phase = Phase::Passthrough;
+                Err(Early::Passthrough)
+            }
+            other => {
+                self.phase = other;
+                Err(Early::SecondBody)
+            }
+        }
+    }
+
+    /// A passthrough stream's body continues; a second body is refused.
+    fn early(&self, why: Early) -> Answer {
+        match why {
+            Early::Passthrough => Ok(Some(reply::request_body(vec![], None, None))),
+            Early::SecondBody => Err(self.second_body()),
+        }
     }
 
     fn second_body(&self) -> tonic::Status {
