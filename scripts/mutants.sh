@@ -6,7 +6,7 @@
 #
 #   scripts/mutants.sh            every target below, one after the other
 #   scripts/mutants.sh arith      one target (arith, filters, shares, money,
-#                                 calendar, keys)
+#                                 calendar, keys, fold, leases)
 #   scripts/mutants.sh arith -- --re refill   extra cargo-mutants arguments
 #
 # Each target names the tests that hold its file, so a mutant is built and
@@ -19,7 +19,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
-targets=(arith filters shares money calendar keys)
+targets=(arith filters shares money calendar keys fold leases)
 
 usage() {
   local IFS='|'
@@ -51,6 +51,12 @@ mutants_args() {
     keys)
       echo "--file rls/src/store/keys.rs --package tollgate --cargo-arg=--lib --cargo-arg=--test=stores"
       ;;
+    fold)
+      echo "--file rls/src/engine/ratelimit/fold.rs --package tollgate --cargo-arg=--lib --cargo-arg=--test=engine"
+      ;;
+    leases)
+      echo "--file rls/src/engine/leases.rs --package tollgate --cargo-arg=--lib --cargo-arg=--test=leases"
+      ;;
     *) usage ;;
   esac
 }
@@ -73,7 +79,7 @@ done
 
 for t in "${chosen[@]}"; do
   mutants_args "$t" >/dev/null
-  if { [ "$t" = arith ] || [ "$t" = keys ] || [ "$t" = money ]; } &&
+  if { [ "$t" = arith ] || [ "$t" = keys ] || [ "$t" = money ] || [ "$t" = leases ]; } &&
     ! command -v redis-server >/dev/null; then
     echo "$t: its tests need redis-server (scripts/install-test-deps.sh)" >&2
     exit 1

@@ -349,3 +349,290 @@ pub async fn return_unused(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Period;
+
+    /// The start of a minute (and of an hour), in ms.
+    const T0: u64 = 1_800_000_000_000;
+
+    /// TTL 2 s, slices at most 5% of the limit, first slice 8 requests.
+    fn leases() -> Leases {
+        Leases::new(
+            LeasePolicy::default(),
+            Arc::new(Instances::new("me".into())),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn hit(amount: u64, algorithm: Algorithm, cost: u64) -> Hit {
+        Hit {
+            key: "tg:{t}:k".into(),
+            counter: Counter::Rate(Limit::new(amount, Period::Minute, algorithm)),
+            cost,
+            enforce: true,
+        }
+    }
+
+    fn window(amount: u64, cost: u64) -> Hit {
+        hit(amount, Algorithm::FixedWindow, cost)
+    }
+
+    fn limit(h: &Hit) -> Limit {
+        Leases::leasable(h).expect("a rate counter")
+    }
+
+    /// What the next ask wants; the grant stays open (no answer yet).
+    fn ask(l: &Leases, h: &Hit, now: u64) -> (u64, watch::Sender<()>) {
+        match l.take(h, limit(h), now) {
+            Local::Grant { want, done } => (want, done),
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    fn store(remaining: u64, reset_after_ms: u64) -> HitState {
+        HitState {
+            over: false,
+            remaining,
+            reset_after_ms,
+            retry_after_ms: 0,
+        }
+    }
+
+    /// Asks for a slice and answers it with `amount`, at `now`.
+    fn grant(l: &Leases, h: &Hit, amount: u64, now: u64) -> u64 {
+        let (want, _done) = ask(l, h, now);
+        l.granted(h, amount, store(0, 0), now);
+        want
+    }
+
+    fn taken(l: &Leases, h: &Hit, now: u64) -> HitState {
+        match l.take(h, limit(h), now) {
+            Local::Taken(st) => st,
+            other => panic!("expected a local decision, got {other:?}"),
+        }
+    }
+
+    fn metric(l: &Leases, name: &str) -> u64 {
+        l.metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn instances_count_at_least_this_one() {
+        let i = Instances::new("me".into());
+        assert_eq!(i.live(), 1, "until the registry has been read");
+        i.set_live(3);
+        assert_eq!(i.live(), 3);
+        i.set_live(0);
+        assert_eq!(i.live(), 1, "this instance is alive");
+    }
+
+    #[test]
+    fn only_rate_counters_are_leased() {
+        let h = window(100, 1);
+        assert_eq!(
+            Leases::leasable(&h),
+            Some(Limit::new(100, Period::Minute, Algorithm::FixedWindow))
+        );
+        let slots = Hit {
+            counter: Counter::Slots { max: 4 },
+            ..h
+        };
+        assert_eq!(Leases::leasable(&slots), None);
+    }
+
+    #[test]
+    fn the_first_ask_is_the_first_slice_in_requests_of_the_hits_cost() {
+        let l = leases();
+        assert_eq!(ask(&l, &window(10_000, 3), T0).0, 24, "8 requests of 3");
+    }
+
+    #[test]
+    fn an_ask_is_at_most_max_slice_of_the_limit_and_at_least_one_request() {
+        let l = leases();
+        assert_eq!(ask(&l, &window(100, 1), T0).0, 5, "5% of 100");
+        let l = leases();
+        assert_eq!(
+            ask(&l, &window(10, 3), T0).0,
+            3,
+            "5% of 10 is less than one request"
+        );
+    }
+
+    #[test]
+    fn a_slice_holds_exactly_what_was_granted() {
+        let (l, h) = (leases(), window(10_000, 3));
+        grant(&l, &h, 9, T0);
+        for left in [6, 3, 0] {
+            assert_eq!(taken(&l, &h, T0 + 1).remaining, left);
+        }
+        assert_eq!(l.held(), 0);
+        let (want, _done) = ask(&l, &h, T0 + 2);
+        assert_eq!(want, 24, "the fourth request needs a new slice");
+    }
+
+    #[test]
+    fn a_local_answer_is_what_the_slice_holds_plus_what_the_store_had_left() {
+        let (l, h) = (leases(), window(10_000, 2));
+        let (_, _done) = ask(&l, &h, T0);
+        // (A window's store reset is its end; 30 s here tells them apart.)
+        l.granted(&h, 10, store(500, 30_000), T0);
+        let st = taken(&l, &h, T0 + 15_000);
+        assert!(!st.over);
+        assert_eq!(st.remaining, 8 + 500);
+        assert_eq!(st.reset_after_ms, 45_000, "the window ends at the minute");
+        assert_eq!(st.retry_after_ms, 0);
+        assert_eq!(l.held(), 8);
+    }
+
+    #[test]
+    fn a_bucket_slice_resets_when_the_store_said_at_its_grant() {
+        let (l, h) = (leases(), hit(10_000, Algorithm::TokenBucket, 1));
+        let (_, _done) = ask(&l, &h, T0);
+        l.granted(&h, 10, store(100, 10_000), T0);
+        let st = taken(&l, &h, T0 + 4_000);
+        assert_eq!(st.reset_after_ms, 6_000);
+        assert_eq!(st.remaining, 9 + 100);
+    }
+
+    #[test]
+    fn a_denied_request_gives_its_hits_back_to_the_slice() {
+        let (l, h) = (leases(), window(10_000, 4));
+        grant(&l, &h, 8, T0);
+        taken(&l, &h, T0);
+        taken(&l, &h, T0);
+        assert_eq!(l.held(), 0);
+        l.undo(&h, T0);
+        assert_eq!(l.held(), 4);
+        assert_eq!(taken(&l, &h, T0).remaining, 0);
+    }
+
+    #[test]
+    fn one_grant_at_a_time_and_a_failed_one_lets_the_next_request_ask() {
+        let (l, h) = (leases(), window(10_000, 1));
+        let (_, done) = ask(&l, &h, T0);
+        assert!(matches!(l.take(&h, limit(&h), T0), Local::Wait(_)));
+        l.grant_failed(&h, T0);
+        let (want, _again) = ask(&l, &h, T0);
+        assert_eq!(want, 8);
+        drop(done);
+    }
+
+    #[test]
+    fn a_refused_grant_sends_decisions_to_the_store_for_one_ttl() {
+        let (l, h) = (leases(), window(10_000, 1));
+        let (_, _done) = ask(&l, &h, T0);
+        l.granted(&h, 0, store(0, 0), T0 + 100);
+        assert!(matches!(l.take(&h, limit(&h), T0 + 100), Local::Store));
+        assert!(matches!(l.take(&h, limit(&h), T0 + 2_099), Local::Store));
+        let (want, _done) = ask(&l, &h, T0 + 2_100);
+        assert_eq!(want, 8, "after the TTL the next request asks again");
+    }
+
+    #[test]
+    fn a_slice_doubles_while_it_lasts_less_than_half_the_ttl_and_halves_past_the_ttl() {
+        let (l, h) = (leases(), window(10_000, 1));
+        let mut now = T0;
+        // The first slice had no predecessor: its length says nothing.
+        assert_eq!(grant(&l, &h, 8, now), 8);
+        let use_up = |now: u64, n: u64| {
+            for _ in 0..n {
+                taken(&l, &h, now);
+            }
+        };
+        use_up(now, 8);
+        // Each grant sizes the next ask by how long the last slice lasted.
+        now += 999; // less than half the TTL (1 s): the next ask doubles
+        assert_eq!(grant(&l, &h, 8, now), 8);
+        use_up(now, 8);
+        now += 1_000; // exactly half the TTL: the same size
+        assert_eq!(grant(&l, &h, 16, now), 16, "doubled");
+        use_up(now, 16);
+        now += 2_000; // exactly the TTL: the same size
+        assert_eq!(grant(&l, &h, 16, now), 16);
+        use_up(now, 16);
+        now += 2_001; // longer than the TTL: the next ask halves
+        assert_eq!(grant(&l, &h, 16, now), 16);
+        use_up(now, 16);
+        now += 1_000;
+        assert_eq!(grant(&l, &h, 8, now), 8, "halved");
+    }
+
+    #[test]
+    fn a_slice_is_dropped_when_its_window_ends_and_not_given_back() {
+        let (l, h) = (leases(), window(10_000, 1));
+        grant(&l, &h, 8, T0 + 59_000);
+        taken(&l, &h, T0 + 59_999);
+        assert!(l.expire(T0 + 59_999, false).is_empty());
+        assert_eq!(l.held(), 7, "kept until the window's last millisecond");
+        assert!(
+            l.expire(T0 + 60_000, false).is_empty(),
+            "that window is over"
+        );
+        assert_eq!(l.held(), 0);
+        assert_eq!(metric(&l, "tollgate_lease_expired_total"), 7);
+    }
+
+    #[test]
+    fn a_slice_idle_for_the_ttl_gives_its_unused_capacity_back() {
+        let (l, h) = (leases(), window(10_000, 3));
+        grant(&l, &h, 24, T0);
+        taken(&l, &h, T0 + 500);
+        assert!(
+            l.expire(T0 + 2_499, false).is_empty(),
+            "idle for less than the TTL"
+        );
+        let back = l.expire(T0 + 2_500, false);
+        assert_eq!(
+            back,
+            vec![Return {
+                hit: Hit {
+                    key: h.key.clone(),
+                    counter: h.counter,
+                    cost: 21,
+                    enforce: true,
+                }
+            }]
+        );
+        assert_eq!(l.held(), 0);
+        assert_eq!(metric(&l, "tollgate_lease_expired_total"), 0);
+    }
+
+    #[test]
+    fn a_used_up_slice_gives_nothing_back() {
+        let (l, h) = (leases(), window(10_000, 4));
+        grant(&l, &h, 8, T0);
+        taken(&l, &h, T0);
+        taken(&l, &h, T0);
+        assert!(l.expire(T0 + 2_000, false).is_empty());
+        assert!(l.expire(T0 + 2_000, true).is_empty());
+        let (want, _done) = ask(&l, &h, T0 + 2_000);
+        assert_eq!(want, 32, "the slice was gone: a new one, first size");
+    }
+
+    #[test]
+    fn at_shutdown_every_slice_gives_back_what_it_holds() {
+        let (l, h) = (leases(), window(10_000, 1));
+        grant(&l, &h, 8, T0);
+        taken(&l, &h, T0 + 1);
+        let back = l.expire(T0 + 1, true);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].hit.cost, 7);
+        assert_eq!(l.held(), 0);
+    }
+
+    #[test]
+    fn a_slice_with_a_grant_on_its_way_is_kept() {
+        let (l, h) = (leases(), window(10_000, 1));
+        let (_, _done) = ask(&l, &h, T0);
+        assert!(l.expire(T0 + 60_000, true).is_empty());
+        l.granted(&h, 8, store(0, 0), T0);
+        assert_eq!(l.held(), 8);
+    }
+}
