@@ -76,6 +76,9 @@ wait_for nginx bash -c "exec 3<>/dev/tcp/127.0.0.1/$up_port"
 start_tollgate() {
   local mode="$1" dir="$work/tollgate-$1" store='kind = "memory"' leases=""
   mkdir -p "$dir"
+  # A mode runs twice (gRPC, then through Envoy): the first run's ready
+  # file would name its port, long closed.
+  rm -f "$dir/ready.json"
   [ "$mode" != memory ] && store="kind = \"redis\"
 url = \"redis://127.0.0.1:$redis_port\""
   [ "$mode" = leases ] && leases='[leases]
@@ -156,10 +159,18 @@ start_envoy() {
   wait_for "envoy listeners" curl -sf -o /dev/null "http://127.0.0.1:$alone_port/"
 }
 
+# Requests per second through Envoy; a run with any answer other than 2xx
+# (the rate limit service failing, with failure_mode_deny) measured errors,
+# not decisions: it stops the script rather than print a figure.
 wrk_rps() {
+  local out
   wrk -t 2 -c "$conc" -d "$warmup" -s scripts/bench/wrk-tenants.lua "$1" >/dev/null
-  wrk -t 2 -c "$conc" -d "$duration" -s scripts/bench/wrk-tenants.lua "$1" |
-    awk '/Requests\/sec/ {print $2}'
+  out=$(wrk -t 2 -c "$conc" -d "$duration" -s scripts/bench/wrk-tenants.lua "$1")
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "bench-leases: $1 answered errors: $(grep Non-2xx <<<"$out")" >&2
+    exit 1
+  fi
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 
 declare -A envoy
