@@ -48,29 +48,7 @@ pids+=("$!")
 wait_for redis-server redis-cli -p "$redis_port" ping
 
 # The trivial upstream: nginx, one worker, 200 "ok".
-up_port=$(free_port)
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
-  server { listen 127.0.0.1:$up_port; location / { return 200 "ok\n"; } }
-}
-EOF
-"$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx/nginx.conf" -p "$work/nginx" \
-  >"$work/nginx/out.log" 2>&1 &
-pids+=("$!")
-wait_for nginx bash -c "exec 3<>/dev/tcp/127.0.0.1/$up_port"
+start_trivial_nginx "$work"
 
 # tollgate on memory, redis or leases; sets tollgate_pid and tollgate_port.
 start_tollgate() {

@@ -27,3 +27,32 @@ stop_started() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
+
+# The trivial upstream of the benchmarks: nginx, one worker, 200 "ok", under
+# $1 (its config, pid, logs and temp files); sets up_port.
+start_trivial_nginx() {
+  local dir="$1/nginx"
+  up_port=$(free_port)
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  server { listen 127.0.0.1:$up_port; location / { return 200 "ok\n"; } }
+}
+NGINX
+  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$dir/nginx.conf" -p "$dir" \
+    >"$dir/out.log" 2>&1 &
+  pids+=("$!")
+  wait_for nginx bash -c "exec 3<>/dev/tcp/127.0.0.1/$up_port"
+}
