@@ -51,6 +51,9 @@ max_wait = "20s"
 
 const PATH: &str = "/v1/chat/completions";
 const ANSWER: Duration = Duration::from_secs(10);
+/// How long an idle tollgate may take to give freed memory back to the
+/// system (the allocator purges what has been unused for a few seconds).
+const RETURN: Duration = Duration::from_secs(30);
 
 /// One series, written as `/metrics` writes it (labels sorted); 0 when
 /// absent.
@@ -306,4 +309,23 @@ max_wait = "10m"
     wait_for("every body given back", ANSWER, || {
         m(&t, "tollgate_llm_buffered_bytes") == 0.0
     });
+    // The memory the bodies took goes back to the system once they are
+    // gone, not only to the allocator: an idle tollgate returns to about
+    // its idle size (allowance: twice the bound, for what the allocator
+    // keeps warm), whatever the crowd before it.
+    let given_back = Instant::now();
+    let ceiling = idle + 2.0 * BOUND / 1_048_576.0;
+    let mut rss = rss_mb(t.pid()).1;
+    while rss > ceiling {
+        assert!(
+            given_back.elapsed() < RETURN,
+            "RSS still {rss:.0} MB {RETURN:?} after the bodies were given back (idle {idle:.0} MB, ceiling {ceiling:.0} MB)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        rss = rss_mb(t.pid()).1;
+    }
+    eprintln!(
+        "after: RSS {rss:.0} MB (ceiling {ceiling:.0} MB) {:?} after the last body was given back",
+        given_back.elapsed()
+    );
 }

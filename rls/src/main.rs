@@ -7,6 +7,13 @@ use std::process::ExitCode;
 use tollgate::config::{self, LogFormat};
 use tollgate::server::{self, RunOptions};
 
+/// jemalloc, with a background thread that purges pages unused for a few
+/// seconds: after a burst of large bodies an idle tollgate returns to
+/// about its idle size (glibc kept hundreds of MB: the crowd test in
+/// tests/ext_proc_stream.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Rate limits and LLM token budgets for Envoy")]
 struct Cli {
