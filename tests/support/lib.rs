@@ -7,6 +7,9 @@
 //! * [`RedisServer`], [`RedisCluster`]: `redis-server` without persistence;
 //!   kill and restart on the same ports for failure tests; a server behind
 //!   a password or TLS-only.
+//! * [`NetNs`]: a network namespace joined to the root one by a link
+//!   whose faults a test sets (latency, loss, a partition), e.g. for a
+//!   [`RedisServer`] started in it.
 //! * [`Envoy`]: a bootstrap from `envoy/` with `{{PLACEHOLDER}}`s filled;
 //!   ports read back from Envoy's admin.
 //! * [`Tollgate`]: the real binary on a config given as text; addresses
@@ -36,6 +39,7 @@ mod envoy;
 mod mock_llm;
 mod mock_marketplace;
 mod mock_supplier;
+mod netns;
 mod nginx;
 mod pki;
 pub mod process;
@@ -47,6 +51,7 @@ pub use envoy::{envoy_bin, ext_proc_with_header_messages, http_get, render_templ
 pub use mock_llm::{MockLlm, Received};
 pub use mock_marketplace::{MockMarketplace, Quote, Supply};
 pub use mock_supplier::{MockSupplier, SUPPLIER_PREFIX};
+pub use netns::{Fault, NetNs};
 pub use nginx::Nginx;
 pub use pki::{replace_file, Issued, Pki};
 pub use process::{find_tool, free_port, repo_root, scratch_dir, wait_until, Signal};

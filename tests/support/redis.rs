@@ -4,9 +4,10 @@
 //! library (or with `redis-cli` for a server behind a password or TLS);
 //! `cli` runs the real `redis-cli` for anything else.
 
+use crate::netns::NetNs;
 use crate::process::{find_tool, free_port, scratch_dir, Proc};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -26,17 +27,42 @@ pub struct RedisServer {
 }
 
 /// How a server is reached beyond a plain port: its extra flags, and the
-/// `redis-cli` flags that go with them.
+/// `redis-cli` flags that go with them; the network namespace it runs in.
 #[derive(Clone, Default)]
 struct Access {
     server_args: Vec<String>,
     cli_args: Vec<String>,
     tls: bool,
+    netns: Option<Inside>,
+}
+
+/// A server inside a [`NetNs`]: it listens on the namespace's end of the
+/// link (for clients across it) and on the namespace's own loopback (for
+/// `redis-cli`, run inside, so the test reads Redis whatever the link's
+/// fault).
+#[derive(Clone)]
+struct Inside {
+    namespace: String,
+    addr: Ipv4Addr,
 }
 
 impl Access {
     fn plain(&self) -> bool {
-        self.server_args.is_empty() && !self.tls
+        self.server_args.is_empty() && !self.tls && self.netns.is_none()
+    }
+
+    /// `program`, inside the namespace if the server is in one.
+    fn command(&self, program: &Path) -> Command {
+        match &self.netns {
+            Some(inside) => crate::netns::exec_in(&inside.namespace, program),
+            None => Command::new(program),
+        }
+    }
+
+    fn host(&self) -> String {
+        self.netns
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |i| i.addr.to_string())
     }
 }
 
@@ -58,7 +84,7 @@ impl RedisServer {
         RedisServer::start_with(Access {
             server_args: strings(&["--requirepass", password]),
             cli_args: strings(&["-a", password, "--no-auth-warning"]),
-            tls: false,
+            ..Access::default()
         })
     }
 
@@ -83,6 +109,20 @@ impl RedisServer {
             ]),
             cli_args: strings(&["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key]),
             tls: true,
+            netns: None,
+        })
+    }
+
+    /// A plain server inside `ns`, for clients in the root namespace at
+    /// `redis://INSIDE_IP:PORT`, across the link whose faults `ns` sets.
+    /// `cli` runs inside, unaffected by them.
+    pub fn start_in(ns: &NetNs) -> RedisServer {
+        RedisServer::start_with(Access {
+            netns: Some(Inside {
+                namespace: ns.name().to_string(),
+                addr: ns.inside_ip(),
+            }),
+            ..Access::default()
         })
     }
 
@@ -110,11 +150,11 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server), without
-    /// credentials.
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server; the
+    /// namespace's address for a server in one), without credentials.
     pub fn url(&self) -> String {
         let scheme = if self.access.tls { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}:{}", self.access.host(), self.port)
     }
 
     /// SIGKILL: the server vanishes as in a crash; clients see refused
@@ -138,7 +178,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let mut all: Vec<&str> = self.access.cli_args.iter().map(String::as_str).collect();
         all.extend_from_slice(args);
-        redis_cli(self.port, &all)
+        redis_cli(&self.access, self.port, &all)
     }
 
     pub fn log_text(&self) -> String {
@@ -288,7 +328,7 @@ impl RedisCluster {
     pub fn cli(&self, i: usize, args: &[&str]) -> String {
         let mut all = vec!["-c"];
         all.extend_from_slice(args);
-        redis_cli(self.nodes[i].port, &all)
+        redis_cli(&Access::default(), self.nodes[i].port, &all)
     }
 
     fn tails(&self) -> String {
@@ -307,14 +347,21 @@ fn spawn_server(
     generation: u32,
     access: &Access,
 ) -> Proc {
-    let mut cmd = Command::new(find_tool("redis-server", "REDIS_SERVER"));
+    let mut cmd = access.command(&find_tool("redis-server", "REDIS_SERVER"));
     if access.tls {
         cmd.args(["--port", "0", "--tls-port", &port.to_string()]);
     } else {
         cmd.args(["--port", &port.to_string()]);
     }
-    cmd.args(["--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
+    match &access.netns {
+        // Not only loopback: without `protected-mode no`, a server with
+        // no password answers every other address -DENIED.
+        Some(inside) => cmd
+            .args(["--bind", &format!("{} 127.0.0.1", inside.addr)])
+            .args(["--protected-mode", "no"]),
+        None => cmd.args(["--bind", "127.0.0.1"]),
+    };
+    cmd.args(["--save", "", "--appendonly", "no"])
         .args(&access.server_args)
         .current_dir(dir);
     if let Some(bus) = bus_port {
@@ -341,7 +388,7 @@ fn wait_ping(proc: &mut Proc, port: u16, access: &Access, must: bool) -> bool {
         if access.plain() {
             command(port, &["PING"]).as_deref() == Some("PONG")
         } else {
-            cli_pong(port, &access.cli_args)
+            cli_pong(port, access)
         }
     };
     if !must {
@@ -361,12 +408,13 @@ fn wait_ping(proc: &mut Proc, port: u16, access: &Access, must: bool) -> bool {
 }
 
 /// Whether `redis-cli ACCESS... PING` answers PONG (for servers that raw
-/// RESP cannot reach: behind a password or TLS).
-fn cli_pong(port: u16, access: &[String]) -> bool {
+/// RESP cannot reach: behind a password or TLS, or in a namespace).
+fn cli_pong(port: u16, access: &Access) -> bool {
     let out = run_bounded(
-        Command::new(find_tool("redis-cli", "REDIS_CLI"))
+        access
+            .command(&find_tool("redis-cli", "REDIS_CLI"))
             .args(["-p", &port.to_string()])
-            .args(access)
+            .args(&access.cli_args)
             .arg("PING"),
         Duration::from_secs(5),
     );
@@ -400,9 +448,10 @@ fn command(port: u16, args: &[&str]) -> Option<String> {
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
+fn redis_cli(access: &Access, port: u16, args: &[&str]) -> String {
     let out = run_bounded(
-        Command::new(find_tool("redis-cli", "REDIS_CLI"))
+        access
+            .command(&find_tool("redis-cli", "REDIS_CLI"))
             .args(["-p", &port.to_string()])
             .args(args),
         Duration::from_secs(10),

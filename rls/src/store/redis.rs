@@ -36,7 +36,19 @@ use crate::repeated::Repeats;
 use async_trait::async_trait;
 use redis::{Script, ScriptInvocation};
 use script::Mode;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+/// Calls in a row that got no answer on the connection within the store
+/// timeout (with no answer between) after which the connection is
+/// presumed dead and dropped, so that the next call makes a new one. A
+/// network partition breaks no TCP connection: it goes silent, and after
+/// the partition heals the kernel may still wait as long again before it
+/// retransmits on it (its retransmission back-off doubles from 0.2 s), so
+/// without this the breaker's probes kept asking a connection that could
+/// not answer for seconds to minutes after Redis was reachable again.
+/// The breaker's own count, so the connection goes as the circuit opens.
+const STALE_AFTER_TIMEOUTS: u32 = super::breaker::FAILURES_TO_OPEN;
 
 /// Counters in Redis, shared by every tollgate instance that points at it.
 pub struct RedisStore {
@@ -57,6 +69,9 @@ pub struct RedisStore {
     instance: String,
     /// Failed cluster roll-backs, logged once and then summarised.
     rollback_failures: Repeats,
+    /// Calls in a row that timed out on the connection (see
+    /// [`STALE_AFTER_TIMEOUTS`]).
+    timeouts_in_a_row: AtomicU32,
 }
 
 impl RedisStore {
@@ -92,6 +107,7 @@ impl RedisStore {
             registry: Script::new(include_str!("../../../lua/registry.lua")),
             timeout,
             rollback_failures: Repeats::new(super::breaker::LOG_SUMMARY_EVERY),
+            timeouts_in_a_row: AtomicU32::new(0),
         })
     }
 
@@ -149,7 +165,7 @@ impl RedisStore {
                 )));
             }
         };
-        match tokio::time::timeout_at(deadline, call(conn)).await {
+        let result = match tokio::time::timeout_at(deadline, call(conn)).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
                 let e = classify(&e, self.timeout);
@@ -161,6 +177,28 @@ impl RedisStore {
                 Err(e)
             }
             Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        self.note_silence(&result);
+        result
+    }
+
+    /// Counts calls that timed out on the connection, and drops it after
+    /// [`STALE_AFTER_TIMEOUTS`] in a row; any other outcome (an answer, or
+    /// an error the client sees, after which it reconnects by itself)
+    /// ends the count.
+    fn note_silence<T>(&self, result: &Result<T, StoreError>) {
+        if !matches!(result, Err(StoreError::Timeout(_))) {
+            self.timeouts_in_a_row.store(0, Ordering::Release);
+            return;
+        }
+        let n = self.timeouts_in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= STALE_AFTER_TIMEOUTS {
+            self.timeouts_in_a_row.store(0, Ordering::Release);
+            tracing::debug!(
+                timeouts = n,
+                "no answer on the redis connection; dropping it, the next call connects anew"
+            );
+            self.link.reset();
         }
     }
 

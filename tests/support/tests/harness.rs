@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 use tollgate_testkit::{
-    find_tool, render_template, repo_root, scratch_dir, Envoy, MockLlm, Nginx, Pki, RedisCluster,
-    RedisServer, Signal, Tollgate,
+    find_tool, render_template, repo_root, scratch_dir, Envoy, Fault, MockLlm, NetNs, Nginx, Pki,
+    RedisCluster, RedisServer, Signal, Tollgate,
 };
 
 fn client() -> reqwest::Client {
@@ -36,6 +36,74 @@ fn redis_server_kill_and_restart_on_the_same_port() {
     assert_eq!(redis.url(), format!("redis://127.0.0.1:{port}"));
     assert_eq!(redis.cli(&["PING"]), "PONG");
     assert_eq!(redis.cli(&["GET", "k"]), "", "nothing is persisted");
+}
+
+/// One PING over a fresh TCP connection to `addr`: the round trip, or
+/// `None` if nothing answered within `within`.
+fn resp_ping(addr: std::net::SocketAddr, within: Duration) -> Option<Duration> {
+    use std::io::{Read, Write};
+    let start = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, within).ok()?;
+    s.set_read_timeout(Some(within)).ok()?;
+    let connected = start.elapsed();
+    s.write_all(b"PING\r\n").ok()?;
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).ok()?;
+    assert_eq!(&buf, b"+PONG\r\n");
+    Some(start.elapsed() - connected)
+}
+
+fn namespaces() -> String {
+    let out = std::process::Command::new(find_tool("ip", "IP"))
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Redis inside a namespace, across the link: reached at the
+/// namespace's address; the link's delay is seen on each round trip, a
+/// partition lets nothing through, clearing it heals; `cli` works inside
+/// whatever the link does; everything is gone after the drop, a panic's
+/// included.
+#[test]
+fn redis_in_a_namespace_behind_a_faulty_link() {
+    let ns = NetNs::create();
+    let name = ns.name().to_string();
+    assert!(namespaces().contains(&name));
+    let redis = RedisServer::start_in(&ns);
+    let addr = std::net::SocketAddr::from((ns.inside_ip(), redis.port()));
+    assert_eq!(redis.url(), format!("redis://{addr}"));
+    let healthy = resp_ping(addr, Duration::from_secs(2)).expect("PONG across the link");
+    ns.set_fault(Fault::delay(Duration::from_millis(100), Duration::ZERO));
+    let delayed = resp_ping(addr, Duration::from_secs(2)).expect("PONG, later");
+    assert!(
+        delayed >= Duration::from_millis(200),
+        "100 ms each way: a round trip of {delayed:?}"
+    );
+    ns.set_fault(Fault::partition());
+    assert_eq!(resp_ping(addr, Duration::from_millis(500)), None);
+    assert_eq!(redis.cli(&["PING"]), "PONG", "inside, no fault");
+    let (_, dropped) = ns.packets();
+    assert!(dropped > 0);
+    ns.clear_fault();
+    assert!(resp_ping(addr, Duration::from_secs(2)).is_some(), "healed");
+    eprintln!("round trip: healthy {healthy:?}, 100 ms each way {delayed:?}");
+    drop(redis);
+    drop(ns);
+    assert!(!namespaces().contains(&name), "{name} deleted");
+
+    let mut created = String::new();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ns = NetNs::create();
+        created = ns.name().to_string();
+        panic!("a failing test");
+    }));
+    assert!(unwound.is_err());
+    assert!(
+        !namespaces().contains(&created),
+        "{created} deleted while unwinding"
+    );
 }
 
 #[test]
