@@ -11,14 +11,11 @@
 //!   `on_error`; `local` enforces the share (limit / live instances). Redis
 //!   back: slices resume without a restart.
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use std::time::{Duration, Instant};
 use tollgate_testkit::{
-    avoid_window_edge, metric, wait_until, RedisCluster, RedisServer, Tollgate,
+    avoid_window_edge, metric, tenant_request, wait_until, RedisCluster, RedisServer, Tollgate,
 };
 use tonic::transport::Channel;
 
@@ -60,20 +57,6 @@ lease = false
     )
 }
 
-fn request(domain: &str, tenant: &str) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "tenant".into(),
-                value: tenant.into(),
-            }],
-            ..Default::default()
-        }],
-        hits_addend: 1,
-    }
-}
-
 async fn client(t: &Tollgate) -> RateLimitServiceClient<Channel> {
     RateLimitServiceClient::connect(format!("http://{}", t.grpc_addr()))
         .await
@@ -91,7 +74,7 @@ async fn burst(
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let mut c = clients[i % clients.len()].clone();
-        let req = request(domain, tenant);
+        let req = tenant_request(domain, tenant);
         tasks.push(tokio::spawn(async move {
             c.should_rate_limit(req)
                 .await
@@ -200,7 +183,9 @@ async fn a_killed_instance_strands_at_most_what_it_held() {
     let mut victim = client(&instances[0]).await;
     let mut admitted = 0;
     for _ in 0..100 {
-        let r = victim.should_rate_limit(request("edge", "kill")).await;
+        let r = victim
+            .should_rate_limit(tenant_request("edge", "kill"))
+            .await;
         admitted += usize::from(r.unwrap().into_inner().overall_code == Code::Ok as i32);
     }
     let held = held(&instances[0]);

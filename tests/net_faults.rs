@@ -25,17 +25,16 @@
 #[path = "clients/ext_proc.rs"]
 mod ext_proc;
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
-use tollgate_testkit::{avoid_window_edge, metric, Fault, NetNs, RedisServer, Tollgate};
+use tollgate_testkit::{
+    avoid_window_edge, metric, tenant_request, Fault, NetNs, RedisServer, Tollgate,
+};
 use tonic::transport::Channel;
 
 /// The store timeout tollgate runs with.
@@ -217,23 +216,9 @@ impl Load {
     }
 }
 
-fn request(domain: &str, tenant: &str) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "tenant".into(),
-                value: tenant.into(),
-            }],
-            ..Default::default()
-        }],
-        hits_addend: 0,
-    }
-}
-
 async fn ask(c: &mut RateLimitServiceClient<Channel>, domain: &str, tenant: &str) -> Code {
     let r = c
-        .should_rate_limit(request(domain, tenant))
+        .should_rate_limit(tenant_request(domain, tenant))
         .await
         .expect("an answer, never a gRPC error");
     Code::try_from(r.into_inner().overall_code).expect("a known code")

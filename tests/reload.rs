@@ -3,14 +3,11 @@
 //! old one keeps serving, a symlink swap (the Kubernetes ConfigMap
 //! pattern) and SIGHUP reload too; no request fails meanwhile.
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tollgate_testkit::{avoid_window_edge, metric, Signal, Tollgate};
+use tollgate_testkit::{avoid_window_edge, metric, tenant_request, Signal, Tollgate};
 
 fn config(limit: u64) -> String {
     format!(
@@ -30,20 +27,6 @@ match = ["tenant"]
 limit = {{ requests = 1000000000, per = "hour" }}
 "#
     )
-}
-
-fn request(domain: &str, tenant: &str) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "tenant".into(),
-                value: tenant.into(),
-            }],
-            ..Default::default()
-        }],
-        hits_addend: 0,
-    }
 }
 
 fn version(t: &Tollgate) -> String {
@@ -85,7 +68,7 @@ async fn reloads_under_load() {
         let mut c = client.clone();
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match c.should_rate_limit(request("load", "x")).await {
+                match c.should_rate_limit(tenant_request("load", "x")).await {
                     Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
                     Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                 };
@@ -99,7 +82,7 @@ async fn reloads_under_load() {
     assert_eq!(
         remaining(
             client
-                .should_rate_limit(request("edge", "a"))
+                .should_rate_limit(tenant_request("edge", "a"))
                 .await
                 .unwrap()
         ),
@@ -113,7 +96,7 @@ async fn reloads_under_load() {
     assert_eq!(
         remaining(
             client
-                .should_rate_limit(request("edge", "a"))
+                .should_rate_limit(tenant_request("edge", "a"))
                 .await
                 .unwrap()
         ),
@@ -148,7 +131,7 @@ async fn reloads_under_load() {
     assert_eq!(
         remaining(
             client
-                .should_rate_limit(request("edge", "a"))
+                .should_rate_limit(tenant_request("edge", "a"))
                 .await
                 .unwrap()
         ),
@@ -172,7 +155,7 @@ async fn reloads_under_load() {
     assert_eq!(
         remaining(
             client
-                .should_rate_limit(request("edge", "a"))
+                .should_rate_limit(tenant_request("edge", "a"))
                 .await
                 .unwrap()
         ),
@@ -184,7 +167,7 @@ async fn reloads_under_load() {
     assert_eq!(
         remaining(
             client
-                .should_rate_limit(request("edge", "a"))
+                .should_rate_limit(tenant_request("edge", "a"))
                 .await
                 .unwrap()
         ),
@@ -200,7 +183,7 @@ async fn reloads_under_load() {
     assert_eq!(
         remaining(
             client
-                .should_rate_limit(request("edge", "a"))
+                .should_rate_limit(tenant_request("edge", "a"))
                 .await
                 .unwrap()
         ),

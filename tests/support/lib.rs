@@ -17,6 +17,7 @@
 //! * [`Nginx`]: an `http {}` block in a private prefix.
 //! * [`metric`]: one sample from a `/metrics` scrape; [`avoid_window_edge`]
 //!   keeps a burst inside one fixed window.
+//! * [`tenant_request`]: the one-tenant rate limit request.
 //! * [`Pki`]: a private CA and certificates it signs, as PEM files, made
 //!   at run time; [`replace_file`] swaps a file by atomic rename.
 //! * [`MockLlm`]: an in-process OpenAI/Anthropic upstream (JSON and SSE),
@@ -45,6 +46,7 @@ mod pki;
 pub mod process;
 mod prom;
 mod redis;
+mod rls;
 mod tollgate;
 
 pub use envoy::{envoy_bin, ext_proc_with_header_messages, http_get, render_template, Envoy};
@@ -57,4 +59,5 @@ pub use pki::{replace_file, Issued, Pki};
 pub use process::{find_tool, free_port, repo_root, scratch_dir, wait_until, Signal};
 pub use prom::{avoid_window_edge, metric};
 pub use redis::{RedisCluster, RedisServer};
+pub use rls::tenant_request;
 pub use tollgate::Tollgate;
