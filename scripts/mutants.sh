@@ -6,7 +6,7 @@
 #
 #   scripts/mutants.sh            every target below, one after the other
 #   scripts/mutants.sh arith      one target (arith, filters, shares, money,
-#                                 calendar, keys, fold, leases)
+#                                 calendar, keys, fold, leases, ietf)
 #   scripts/mutants.sh arith -- --re refill   extra cargo-mutants arguments
 #
 # Each target names the tests that hold its file, so a mutant is built and
@@ -19,7 +19,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
-targets=(arith filters shares money calendar keys fold leases)
+targets=(arith filters shares money calendar keys fold leases ietf)
 
 usage() {
   local IFS='|'
@@ -56,6 +56,9 @@ mutants_args() {
       ;;
     leases)
       echo "--file rls/src/engine/leases.rs --package tollgate --cargo-arg=--lib --cargo-arg=--test=leases"
+      ;;
+    ietf)
+      echo "--file rls/src/service/ietf_headers.rs --package tollgate --cargo-arg=--lib"
       ;;
     *) usage ;;
   esac

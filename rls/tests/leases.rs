@@ -340,3 +340,89 @@ async fn a_dropped_grant_does_not_block_the_slice() {
     .expect("not stuck waiting for the dropped grant");
     assert_eq!(d.code, Code::Ok);
 }
+
+/// The sweeper (`return_unused`, which the server runs) on the memory store
+/// with tokio's clock paused: one slice of 8 taken from `tenant=sweep`'s
+/// 1000 an hour, 1 used, TTL 2 s.
+async fn swept_instance() -> (Engine, Clock, Arc<dyn Store>, Hit) {
+    let rules = rules();
+    let store: Arc<dyn Store> = Arc::new(tollgate::store::MemoryStore::new());
+    let clock = Clock::manual(T0 + 1_000);
+    let e = instance(store.clone(), 1, clock.clone(), Duration::from_secs(2));
+    let d = e.limits.decide(&rules, &check("sweep", &[])).await;
+    assert_eq!(d.code, Code::Ok);
+    assert_eq!(e.counters().leases().unwrap().held(), 7);
+    let limit = Limit {
+        amount: 1000,
+        period: Period::Hour,
+        algorithm: Algorithm::FixedWindow,
+        zone: tollgate::rules::Zone::Utc,
+    };
+    let rest = Hit {
+        key: tollgate::store::keys::rule_counter(&rules.rules[0].id, &limit, ["sweep"].into_iter()),
+        counter: Counter::Rate(limit),
+        cost: 999,
+        enforce: true,
+    };
+    (e, clock, store, rest)
+}
+
+/// The sweeper looks every half TTL: a slice idle for the TTL is back in
+/// the store at most half a TTL later.
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_gives_an_idle_slice_back_within_half_a_ttl() {
+    let (e, clock, store, rest) = swept_instance().await;
+    let leases = e.counters().leases().unwrap().clone();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let sweeper = tokio::spawn(tollgate::engine::return_unused(
+        e.counters().clone(),
+        leases.clone(),
+        cancel.clone(),
+    ));
+    // Its first look, at once: the slice is not idle yet.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(leases.held(), 7);
+    clock.advance_ms(2_000); // idle for exactly the TTL
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(leases.held(), 0, "given back at the next look");
+    assert!(
+        store
+            .take(&[rest], None, T0 + 3_000)
+            .await
+            .unwrap()
+            .admitted,
+        "the 7 unused are the store's again: 999 left"
+    );
+    cancel.cancel();
+    sweeper.await.unwrap();
+}
+
+/// At shutdown the sweeper gives back every slice's unused capacity, idle
+/// or not, and ends.
+#[tokio::test(start_paused = true)]
+async fn at_shutdown_the_sweeper_gives_every_slice_back_and_ends() {
+    let (e, _clock, store, rest) = swept_instance().await;
+    let leases = e.counters().leases().unwrap().clone();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let sweeper = tokio::spawn(tollgate::engine::return_unused(
+        e.counters().clone(),
+        leases.clone(),
+        cancel.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(leases.held(), 7, "not idle: kept while running");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), sweeper)
+        .await
+        .expect("the sweeper ends at shutdown")
+        .unwrap();
+    assert_eq!(leases.held(), 0);
+    assert!(
+        store
+            .take(&[rest], None, T0 + 1_000)
+            .await
+            .unwrap()
+            .admitted,
+        "the 7 unused are the store's again: 999 left"
+    );
+}

@@ -103,6 +103,18 @@ mod tests {
     }
 
     #[test]
+    fn a_window_of_no_fixed_length_is_left_out() {
+        // (A calendar month's window varies: the caller gives none.)
+        let month = PolicyState {
+            window: Duration::ZERO,
+            ..state("monthly", None)
+        };
+        let (policy, state) = fields(&[month]).expect("one");
+        assert_eq!(policy, r#""monthly";q=1000"#);
+        assert_eq!(state, r#""monthly";r=250;t=30"#);
+    }
+
+    #[test]
     fn nothing_to_report_is_no_field() {
         assert_eq!(fields(&[]), None);
     }

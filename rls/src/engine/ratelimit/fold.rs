@@ -63,20 +63,16 @@ pub(super) fn report(r: &mut DescriptorResult, hit: &Hit, rule: &Rule, st: &HitS
 /// over the limit when any descriptor not in quota mode is, or when every
 /// quota-mode descriptor is; and never under global shadow mode.
 pub(super) fn overall(mode: &DomainMode, results: &[DescriptorResult]) -> Code {
-    let (mut failed, mut quotas, mut failed_quotas) = (0, 0, 0);
+    let (mut plain_over, mut quota_over, mut quota_within) = (false, false, false);
     for r in results.iter().filter(|r| r.limit.is_some()) {
-        let over = r.code == Code::OverLimit;
-        match (r.quota, over) {
-            (true, true) => {
-                quotas += 1;
-                failed_quotas += 1;
-            }
-            (true, false) => quotas += 1,
-            (false, true) => failed += 1,
+        match (r.quota, r.code == Code::OverLimit) {
+            (true, true) => quota_over = true,
+            (true, false) => quota_within = true,
+            (false, true) => plain_over = true,
             (false, false) => {}
         }
     }
-    let over = failed > 0 || (quotas > 0 && quotas == failed_quotas);
+    let over = plain_over || (quota_over && !quota_within);
     if over && !mode.shadow {
         Code::OverLimit
     } else {
