@@ -17,6 +17,9 @@ pub struct Tally {
     pub denied: u64,
     /// Transport errors and any other status.
     pub errors: u64,
+    /// Answers the client dropped after their first body bytes on purpose
+    /// (`http --abort-fraction`): a client gone mid-stream.
+    pub aborted: u64,
     /// Every request sent, warm-up included (for CPU time per request).
     pub sent_total: u64,
 }
@@ -32,6 +35,8 @@ pub enum Outcome {
     Ok,
     Denied,
     Error,
+    /// Dropped by the client after the first body bytes, on purpose.
+    Aborted,
 }
 
 impl Tally {
@@ -42,6 +47,7 @@ impl Tally {
             ok: 0,
             denied: 0,
             errors: 0,
+            aborted: 0,
             sent_total: 0,
         }
     }
@@ -57,6 +63,7 @@ impl Tally {
             Outcome::Ok => self.ok += 1,
             Outcome::Denied => self.denied += 1,
             Outcome::Error => self.errors += 1,
+            Outcome::Aborted => self.aborted += 1,
         }
     }
 
@@ -72,6 +79,7 @@ impl Tally {
         self.ok += other.ok;
         self.denied += other.denied;
         self.errors += other.errors;
+        self.aborted += other.aborted;
         self.sent_total += other.sent_total;
     }
 
@@ -86,7 +94,7 @@ impl Tally {
     }
 
     pub fn measured(&self) -> u64 {
-        self.ok + self.denied + self.errors
+        self.ok + self.denied + self.errors + self.aborted
     }
 
     /// The figures as one JSON object; `settings` (what was asked) is
@@ -99,6 +107,7 @@ impl Tally {
             "ok": self.ok,
             "denied": self.denied,
             "errors": self.errors,
+            "aborted": self.aborted,
             "sent_total": self.sent_total,
             "latency_ms": percentiles(&self.latency),
         });
@@ -115,12 +124,13 @@ impl Tally {
     pub fn print(&self, measured: Duration) {
         let rps = self.measured() as f64 / measured.as_secs_f64();
         println!(
-            "{} requests in {:?}: {rps:.0} req/s (ok {}, denied {}, errors {})",
+            "{} requests in {:?}: {rps:.0} req/s (ok {}, denied {}, errors {}, aborted {})",
             self.measured(),
             measured,
             self.ok,
             self.denied,
-            self.errors
+            self.errors,
+            self.aborted
         );
         print_line("latency", &self.latency);
         if !self.first_byte.is_empty() {

@@ -22,12 +22,15 @@ pub(super) fn admission(m: &Metrics, outcome: &Outcome) {
         Outcome::Denied(d) => {
             m.decision("ext_proc", true);
             m.llm_request(&d.model_label, "denied");
-            tracing::info!(quota = %d.quota, model = %d.model_label, retry_after = ?d.retry_after, "LLM request over budget");
+            // One line per request at DEBUG only: a budget spent answers
+            // every request 429, and the count is in the metrics
+            // (tollgate_llm_requests_total{outcome="denied"}).
+            tracing::debug!(quota = %d.quota, model = %d.model_label, retry_after = ?d.retry_after, "LLM request over budget");
             denied_by_marketplace(m, d);
         }
         Outcome::Cancelled { model_label } => {
             m.llm_request(model_label, "cancelled");
-            tracing::info!(model = %model_label, "client went away while waiting for capacity");
+            tracing::debug!(model = %model_label, "client went away while waiting for capacity");
         }
         Outcome::Rejected(r) => rejected(m, r),
     }
@@ -139,7 +142,9 @@ pub(super) fn finished(
     finished: Finished,
 ) {
     if let ResponseEnd::Aborted { .. } = end {
-        tracing::info!(model = %a.model_label, "stream ended before the response did; settling by on_abort");
+        // Clients hang up all the time: counted in
+        // tollgate_llm_settlements_total{how="aborted"}, logged at DEBUG.
+        tracing::debug!(model = %a.model_label, "stream ended before the response did; settling by on_abort");
     }
     let actual = settlement.tokens();
     let label = &a.model_label;
@@ -148,6 +153,18 @@ pub(super) fn finished(
     if let Settlement::Usage(_) = settlement {
         m.llm_tokens(label, "actual", used);
         m.estimate_error(label, est, used);
+    }
+    let how = match finished {
+        Finished::Settled(how) => how.as_str(),
+        Finished::AlreadySettled => "already_settled",
+        Finished::Failed => "failed",
+    };
+    m.llm_settled(how);
+    // Only a settle that moved tokens refunded or charged them: a failed
+    // one left the estimate charged (until the window ends), and one
+    // already settled was counted by the settle that did it.
+    if !matches!(finished, Finished::Settled(_)) {
+        return;
     }
     m.llm_tokens(label, "refunded", est.saturating_sub(used));
     m.llm_tokens(label, "overage", used.saturating_sub(est));
@@ -161,9 +178,4 @@ pub(super) fn finished(
         record(m, &t.quota, "refunded", t.cost.saturating_sub(cost));
         record(m, &t.quota, "overage", cost.saturating_sub(t.cost));
     }
-    m.llm_settled(match finished {
-        Finished::Settled(how) => how.as_str(),
-        Finished::AlreadySettled => "already_settled",
-        Finished::Failed => "failed",
-    });
 }
