@@ -21,7 +21,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use tollgate::config::{parse_files, parse_str, yaml_to_toml, Config, ConfigErrors, PeerEnv};
-use tollgate::rules::{EntryPattern, Rule};
+use tollgate::rules::{EntryPattern, Limit, Rule, Zone};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -115,7 +115,7 @@ fn matching(p: &EntryPattern) -> (String, String) {
 struct Answer {
     pattern: Vec<EntryPattern>,
     name: Option<String>,
-    limits: Vec<tollgate::rules::Limit>,
+    limits: Vec<Limit>,
     unlimited: bool,
     shadow: bool,
     quota_mode: bool,
@@ -130,7 +130,20 @@ impl Answer {
         Answer {
             pattern: r.pattern.clone(),
             name: r.name.clone(),
-            limits: r.limits.clone(),
+            // A zone changes no window of a period of fixed length (the
+            // importer writes `time_zone = "epoch"` only for the others).
+            limits: r
+                .limits
+                .iter()
+                .map(|l| Limit {
+                    zone: if l.period.is_fixed(Zone::Utc) {
+                        Zone::Utc
+                    } else {
+                        l.zone
+                    },
+                    ..*l
+                })
+                .collect(),
             unlimited: r.unlimited,
             shadow: r.shadow,
             quota_mode: r.quota_mode,

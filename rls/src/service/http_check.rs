@@ -739,8 +739,9 @@ mod tests {
     /// The escaping docs/nginx.md asks of a client (`%` `,` `=` `;` `+`,
     /// `&` in a query, whitespace at either end) keeps every value as it
     /// was: `+` is a space once decoded, a raw `&` starts a parameter and
-    /// the ends of a piece are trimmed, so each must be escaped too
-    /// (found by `fuzz/fuzz_targets/http_check.rs`).
+    /// the ends of a piece are trimmed, so each must be escaped too (found
+    /// writing the round trip of `fuzz/fuzz_targets/http_check.rs`, which
+    /// now checks this escaping).
     #[test]
     fn documented_escaping_keeps_every_value() {
         fn escape(s: &str) -> String {

@@ -30,7 +30,12 @@ pub(super) fn validate_keys(
                 errors.push(src_error(
                     src,
                     k.line,
-                    &field(t),
+                    // A null key has no text: name its place.
+                    &match (t.is_empty(), at.is_empty()) {
+                        (false, _) => field(t),
+                        (true, false) => at.to_string(),
+                        (true, true) => "-".to_string(),
+                    },
                     format!("config error, key is not of type string: {t}"),
                 ));
                 continue;
