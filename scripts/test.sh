@@ -5,8 +5,8 @@
 # redis-server, end-to-end through a real Envoy and nginx; then the
 # README's `cargo run` on the default config, and a short smoke run of
 # every fuzz target (scripts/fuzz-smoke.sh, nightly toolchain). Exits
-# non-zero on the first
-# failing step (all tests run, then the failures are listed).
+# non-zero on the first failing step (all tests run, then the failures
+# are listed).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"

@@ -169,6 +169,10 @@ fn located(errors: &ConfigErrors, files: &[(String, String)], env: &HashMap<Stri
             panic!("an error in no file given: {e}");
         };
         let lines = text.lines().count().max(1);
-        assert!(e.line >= 1 && e.line <= lines, "line {} of {lines}: {e}", e.line);
+        assert!(
+            e.line >= 1 && e.line <= lines,
+            "line {} of {lines}: {e}",
+            e.line
+        );
     }
 }

@@ -69,10 +69,7 @@ pub(crate) enum Kind {
 /// Parses one file; `None` (with the error) if it is not YAML.
 pub(crate) fn parse(src: &Source, errors: &mut Vec<ConfigError>) -> Option<Option<Node>> {
     let last_line = src.text.lines().count().max(1);
-    let mut b = Builder {
-        last_line,
-        ..Builder::default()
-    };
+    let mut b = Builder::new(last_line);
     let mut parser = Parser::new_from_str(src.text);
     if let Err(e) = parser.load(&mut b, false) {
         errors.push(ConfigError {

@@ -21,6 +21,14 @@ pub(super) struct Builder {
 }
 
 impl Builder {
+    /// A builder for a file of `last_line` lines.
+    pub(super) fn new(last_line: usize) -> Builder {
+        Builder {
+            last_line,
+            ..Builder::default()
+        }
+    }
+
     fn push(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
             self.anchors.insert(anchor, node.clone());
