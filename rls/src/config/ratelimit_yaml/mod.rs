@@ -282,10 +282,15 @@ mod tests {
         }
     }
 
-    /// A key that is not a string (a null one, `: v`) is named by its
+    /// A key with no text (a null one, `: v`, or `""`) is named by its
     /// place, never by an empty field (found by fuzzing).
     #[test]
     fn a_null_key_is_named_by_its_place() {
+        let e = load("\"\": v\ndomain: d\n").unwrap_err();
+        assert!(
+            e[0].starts_with("t.yaml:1: -: config error, unknown key ''"),
+            "{e:?}"
+        );
         let e = load(": v\ndomain: d\n").unwrap_err();
         assert!(
             e[0].starts_with("t.yaml:1: -: config error, key is not of type string"),
