@@ -10,6 +10,7 @@ use super::error::Source;
 use super::ratelimit_yaml;
 use super::ConfigErrors;
 use crate::rules::{Rule, Zone};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 /// Converts one YAML file (`name` for messages and the header); the TOML
@@ -42,6 +43,13 @@ pub fn yaml_to_toml(name: &str, text: &str) -> Result<String, ConfigErrors> {
             .and_then(|(_, l)| l.parse::<usize>().ok())
             .unwrap_or(0)
     };
+    // The names a `replaces` can refer to: the peer ignores one that names
+    // no rule (it replaces nothing), tollgate's TOML refuses it as a typo.
+    let names: BTreeSet<&str> = domain
+        .rules
+        .iter()
+        .filter_map(|r| r.name.as_deref())
+        .collect();
     let mut starts: Vec<usize> = domain.rules.iter().map(line_of).collect();
     starts.sort_unstable();
     for rule in &domain.rules {
@@ -70,12 +78,12 @@ pub fn yaml_to_toml(name: &str, text: &str) -> Result<String, ConfigErrors> {
                 let _ = writeln!(out, "{c}");
             }
         }
-        write_rule(&mut out, rule, &domain.domain);
+        write_rule(&mut out, rule, &domain.domain, &names);
     }
     Ok(out)
 }
 
-fn write_rule(out: &mut String, rule: &Rule, domain: &str) {
+fn write_rule(out: &mut String, rule: &Rule, domain: &str, names: &BTreeSet<&str>) {
     let _ = writeln!(out, "[[rule]]\ndomain = {}", quoted(domain));
     let path: Vec<String> = rule
         .pattern
@@ -107,8 +115,22 @@ fn write_rule(out: &mut String, rule: &Rule, domain: &str) {
             let _ = writeln!(out, "no_limit = true");
         }
     }
-    if !rule.replaces.is_empty() {
-        let r: Vec<String> = rule.replaces.iter().map(|n| quoted(n)).collect();
+    let (known, unknown): (Vec<&String>, Vec<&String>) = rule
+        .replaces
+        .iter()
+        .partition(|n| names.contains(n.as_str()));
+    for n in unknown {
+        // Written as a comment: the TOML would be refused with it, and the
+        // peer replaces nothing by it. Put it back if another file of a
+        // merged domain names a rule so.
+        let _ = writeln!(
+            out,
+            "# replaces {}: no rule of this file is named so (envoyproxy/ratelimit ignores it)",
+            quoted(n)
+        );
+    }
+    if !known.is_empty() {
+        let r: Vec<String> = known.iter().map(|n| quoted(n)).collect();
         let _ = writeln!(out, "replaces = [{}]", r.join(", "));
     }
     if rule.shadow {
@@ -231,5 +253,23 @@ mod tests {
             c.rules.mode("edge").counting,
             crate::rules::Counting::EveryHit
         );
+    }
+
+    /// The peer accepts a `replaces` that names no rule (it replaces
+    /// nothing); tollgate's TOML refuses it as a typo, so the importer
+    /// writes it as a comment and the TOML loads with the same answers
+    /// (found by the `ratelimit_yaml` fuzz target).
+    #[test]
+    fn a_replaces_that_names_no_rule_becomes_a_comment() {
+        let yaml = "domain: edge\ndescriptors:\n  - key: tenant\n    rate_limit:\n      name: first\n      unit: minute\n      requests_per_unit: 10\n  - key: user\n    rate_limit:\n      unit: minute\n      requests_per_unit: 5\n      replaces:\n        - name: first\n        - name: se/ond\n";
+        let toml = yaml_to_toml("edge.yaml", yaml).unwrap();
+        assert!(toml.contains("replaces = [\"first\"]"), "{toml}");
+        assert!(
+            toml.contains("# replaces \"se/ond\": no rule of this file is named so"),
+            "{toml}"
+        );
+        let c = parse_str("edge.toml", &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let user = c.rules.rules.iter().find(|r| r.name.is_none()).unwrap();
+        assert_eq!(user.replaces, vec!["first".to_string()]);
     }
 }

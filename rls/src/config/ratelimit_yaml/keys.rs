@@ -17,12 +17,12 @@ pub(super) fn validate_keys(
     errors: &mut Vec<ConfigError>,
 ) {
     for (k, v) in entries {
-        let field = |name: &str| {
-            if at.is_empty() {
-                name.to_string()
-            } else {
-                format!("{at}.{name}")
-            }
+        // A key with no text (null, or `""`) is named by its place.
+        let field = |name: &str| match (name.is_empty(), at.is_empty()) {
+            (true, true) => "-".to_string(),
+            (true, false) => at.to_string(),
+            (false, true) => name.to_string(),
+            (false, false) => format!("{at}.{name}"),
         };
         let name = match &k.kind {
             Kind::Scalar(t, q) if resolve(t, *q) == Resolved::Str => t.clone(),

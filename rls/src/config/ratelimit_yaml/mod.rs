@@ -68,12 +68,15 @@ pub(crate) enum Kind {
 
 /// Parses one file; `None` (with the error) if it is not YAML.
 pub(crate) fn parse(src: &Source, errors: &mut Vec<ConfigError>) -> Option<Option<Node>> {
-    let mut b = Builder::default();
+    let last_line = src.text.lines().count().max(1);
+    let mut b = Builder::new(last_line);
     let mut parser = Parser::new_from_str(src.text);
     if let Err(e) = parser.load(&mut b, false) {
         errors.push(ConfigError {
             file: src.name.to_string(),
-            line: e.marker().line().max(1),
+            // An error at the end of the text is on the line after the
+            // last one; name the last line instead (found by fuzzing).
+            line: e.marker().line().clamp(1, last_line),
             field: "-".into(),
             message: format!("error loading config file: {}", e.info()),
         });
@@ -258,5 +261,45 @@ mod tests {
         );
         let e = load("domain: d\ndescriptors:\n  - key: [a\n").unwrap_err();
         assert!(e[0].contains("error loading config file"), "{e:?}");
+    }
+
+    /// A syntax error found at the end of the text names its last line,
+    /// not the one after it (found by `fuzz/fuzz_targets/ratelimit_yaml.rs`).
+    #[test]
+    fn an_error_at_the_end_names_the_last_line() {
+        for text in [
+            "domain: d\ndescriptors: [{key: a\n",
+            "a: {b: c",
+            "domain: d\ndescriptors:\n  -\n",
+            "&x\n",
+        ] {
+            let e = load(text).unwrap_err();
+            let last = text.lines().count();
+            assert!(
+                e[0].starts_with(&format!("t.yaml:{last}: ")),
+                "{text:?}: {e:?}"
+            );
+        }
+    }
+
+    /// A key with no text (a null one, `: v`, or `""`) is named by its
+    /// place, never by an empty field (found by fuzzing).
+    #[test]
+    fn a_null_key_is_named_by_its_place() {
+        let e = load("\"\": v\ndomain: d\n").unwrap_err();
+        assert!(
+            e[0].starts_with("t.yaml:1: -: config error, unknown key ''"),
+            "{e:?}"
+        );
+        let e = load(": v\ndomain: d\n").unwrap_err();
+        assert!(
+            e[0].starts_with("t.yaml:1: -: config error, key is not of type string"),
+            "{e:?}"
+        );
+        let e = load("domain: d\ndescriptors:\n  - key: a\n    : v\n").unwrap_err();
+        assert!(
+            e[0].starts_with("t.yaml:4: descriptors[0]: config error, key is not of type string"),
+            "{e:?}"
+        );
     }
 }

@@ -13,9 +13,22 @@ pub(super) struct Builder {
     stack: Vec<(Node, Option<Node>, usize)>,
     anchors: HashMap<usize, Node>,
     pub(super) root: Option<Node>,
+    /// The file's last line: a node the parser marks at the end of the
+    /// text (after a last newline) is on the line after it; it is given
+    /// this one, so every error names a line of the file (found by
+    /// fuzzing).
+    pub(super) last_line: usize,
 }
 
 impl Builder {
+    /// A builder for a file of `last_line` lines.
+    pub(super) fn new(last_line: usize) -> Builder {
+        Builder {
+            last_line,
+            ..Builder::default()
+        }
+    }
+
     fn push(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
             self.anchors.insert(anchor, node.clone());
@@ -44,7 +57,7 @@ impl Builder {
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let line = mark.line();
+        let line = mark.line().clamp(1, self.last_line.max(1));
         match ev {
             Event::Scalar(text, style, anchor, _) => {
                 let quoted = style != TScalarStyle::Plain;
