@@ -182,7 +182,8 @@ impl Metrics {
         self.quota.warnings.with_label_values(&[quota, limit]).inc();
     }
 
-    /// `how`: usage, no_usage, upstream_error, aborted, already_settled.
+    /// `how`: usage, no_usage, upstream_error, aborted, already_settled,
+    /// failed, retried (a failed one settled later by its retry).
     pub fn llm_settled(&self, how: &str) {
         self.llm.settlements.with_label_values(&[how]).inc();
     }

@@ -21,6 +21,7 @@ mod observe;
 mod outcome;
 mod request;
 mod response;
+mod retry;
 mod stages;
 
 pub use bound::UsageBound;
@@ -235,8 +236,13 @@ impl Admission {
             Ok(true) => Finished::Settled(how),
             Ok(false) => Finished::AlreadySettled,
             Err(e) => {
-                // The record's TTL frees the slot and keeps the estimate.
-                tracing::warn!(error = %e, "settle failed; the reservation expires by its TTL");
+                tracing::warn!(error = %e, "settle failed; retrying until the store answers or the reservation expires");
+                let pending = retry::Pending {
+                    reservation: admitted.reservation.clone(),
+                    settlement,
+                    model_label: admitted.model_label.clone(),
+                };
+                retry::spawn(self.budgets.clone(), pending, settings.reservation_ttl);
                 Finished::Failed
             }
         };

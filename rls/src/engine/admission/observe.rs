@@ -4,7 +4,7 @@
 
 use super::outcome::{Admitted, Brokered, Denied, Finished, Outcome, Rejection, ResponseEnd};
 use super::stages::OTHER_MODEL;
-use crate::engine::reservation::{metered_cost, Settlement, TakenKind};
+use crate::engine::reservation::{metered_cost, Reservation, Settlement, TakenKind};
 use crate::marketplace::UsageReport;
 use crate::metrics::Metrics;
 
@@ -166,9 +166,31 @@ pub(super) fn finished(
     if !matches!(finished, Finished::Settled(_)) {
         return;
     }
+    moved(m, label, &a.reservation, settlement);
+}
+
+/// A settle retried after the store failed ([`super::retry`]): counted as
+/// `retried` once it reached the store, and what it refunded or charged.
+pub(super) fn settled_on_retry(m: &Metrics, p: &super::retry::Pending, settled: bool) {
+    if !settled {
+        // Expired, or settled in the store by the try that timed out
+        // (whose refund then goes uncounted here: the store has it).
+        return;
+    }
+    tracing::debug!(model = %p.model_label, "settled on retry after the store failed");
+    m.llm_settled("retried");
+    moved(m, &p.model_label, &p.reservation, p.settlement);
+}
+
+/// The tokens and money a settle refunded or charged beyond the estimate:
+/// per model in raw tokens, per quota in the quota's own count.
+fn moved(m: &Metrics, label: &str, reservation: &Reservation, settlement: Settlement) {
+    let actual = settlement.tokens();
+    let est = reservation.estimate.prompt + reservation.estimate.completion;
+    let used = actual.prompt + actual.completion;
     m.llm_tokens(label, "refunded", est.saturating_sub(used));
     m.llm_tokens(label, "overage", used.saturating_sub(est));
-    for t in &a.reservation.taken {
+    for t in &reservation.taken {
         let record: fn(&Metrics, &str, &str, u64) = match t.what {
             TakenKind::Tokens { .. } => Metrics::quota_tokens,
             TakenKind::Spend { .. } => Metrics::quota_spend,
