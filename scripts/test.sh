@@ -3,9 +3,10 @@
 # (scripts/install-test-deps.sh), then format check, clippy with warnings
 # as errors, and every test: unit, property, store suites against a real
 # redis-server, end-to-end through a real Envoy and nginx; then the
-# README's `cargo run` on the default config. Exits non-zero on the
-# first failing step (all tests run, then the failures are listed). The
-# fuzz smoke (scripts/fuzz-smoke.sh) is run by hand: see docs/fuzzing.md.
+# README's `cargo run` on the default config; then a short fuzz smoke of
+# every target (scripts/fuzz-smoke.sh: fixed inputs from a fixed seed,
+# docs/fuzzing.md). Exits non-zero on the first failing step (all tests
+# run, then the failures are listed).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -29,3 +30,4 @@ step cargo test --workspace --no-fail-fast
 # The README's first command, as written (debug build, already compiled
 # above): `cargo run` must pick tollgate, and the default config must load.
 step cargo run -q -- check --config config/tollgate.toml
+step scripts/fuzz-smoke.sh

@@ -158,8 +158,37 @@ impl Answer {
                 .cloned()
                 .collect(),
             share: r.share.clone(),
-            metadata: r.metadata.as_deref().cloned(),
+            // TOML has no null: the importer leaves nulls out (with a
+            // comment), and keeps the rest.
+            metadata: r
+                .metadata
+                .as_deref()
+                .map(|m| without_nulls(serde_json::Value::Object(m.clone())))
+                .and_then(|m| match m {
+                    serde_json::Value::Object(o) if !o.is_empty() => Some(o),
+                    _ => None,
+                }),
         }
+    }
+}
+
+/// `v` with every null taken out of its mappings and lists.
+fn without_nulls(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Object(o) => J::Object(
+            o.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        J::Array(a) => J::Array(
+            a.into_iter()
+                .filter(|v| !v.is_null())
+                .map(without_nulls)
+                .collect(),
+        ),
+        other => other,
     }
 }
 

@@ -25,9 +25,13 @@ pub fn yaml_to_toml(name: &str, text: &str) -> Result<String, ConfigErrors> {
     };
     let lines: Vec<&str> = text.lines().collect();
     let mut out = String::new();
-    let _ = writeln!(out, "# Imported from {name} by `tollgate import`.");
+    let _ = writeln!(
+        out,
+        "# Imported from {} by `tollgate import`.",
+        comment_text(name)
+    );
     for c in comments_above(&lines, domain.line) {
-        let _ = writeln!(out, "{c}");
+        let _ = writeln!(out, "{}", comment_text(c));
     }
     let _ = writeln!(
         out,
@@ -65,7 +69,7 @@ pub fn yaml_to_toml(name: &str, text: &str) -> Result<String, ConfigErrors> {
         out.push('\n');
         let line = line_of(rule);
         for c in comments_above(&lines, line) {
-            let _ = writeln!(out, "{c}");
+            let _ = writeln!(out, "{}", comment_text(c));
         }
         // The node's own lines: up to the next node.
         let end = starts
@@ -75,7 +79,7 @@ pub fn yaml_to_toml(name: &str, text: &str) -> Result<String, ConfigErrors> {
             .unwrap_or(lines.len() + 1);
         for l in line.max(1)..end {
             if let Some(c) = lines.get(l - 1).and_then(|t| trailing_comment(t)) {
-                let _ = writeln!(out, "{c}");
+                let _ = writeln!(out, "{}", comment_text(c));
             }
         }
         write_rule(&mut out, rule, &domain.domain, &names);
@@ -153,9 +157,67 @@ fn write_rule(out: &mut String, rule: &Rule, domain: &str, names: &BTreeSet<&str
         let _ = writeln!(out, "share_threshold = [{}]", shared.join(", "));
     }
     if let Some(m) = &rule.metadata {
-        if let Ok(t) = toml::Value::try_from(serde_json::Value::Object((**m).clone())) {
+        metadata(out, m);
+    }
+}
+
+/// A rule's `metadata` line. TOML has no null, so a null the YAML gives
+/// (`key:` with no value, `~`, `null`) is left out, and a comment names
+/// each one left out: the peer returns it as a null in dynamic metadata.
+fn metadata(out: &mut String, m: &serde_json::Map<String, serde_json::Value>) {
+    let mut dropped = Vec::new();
+    let kept = without_nulls(&serde_json::Value::Object(m.clone()), "", &mut dropped);
+    for path in &dropped {
+        let _ = writeln!(
+            out,
+            "# metadata {path}: null in the YAML, which TOML cannot write; left out"
+        );
+    }
+    let Some(kept) = kept.filter(|k| k.as_object().is_some_and(|o| !o.is_empty())) else {
+        return;
+    };
+    match toml::Value::try_from(kept) {
+        Ok(t) => {
             let _ = writeln!(out, "metadata = {}", inline(&t));
         }
+        Err(e) => {
+            let _ = writeln!(out, "# metadata left out: TOML cannot write it ({e})");
+        }
+    }
+}
+
+/// `v` with every null taken out of its mappings and lists (`None` if `v`
+/// is null); `dropped` gets the TOML path of each, as `a.b[2]`.
+fn without_nulls(
+    v: &serde_json::Value,
+    path: &str,
+    dropped: &mut Vec<String>,
+) -> Option<serde_json::Value> {
+    use serde_json::Value as J;
+    match v {
+        J::Null => {
+            dropped.push(path.to_string());
+            None
+        }
+        J::Object(o) => Some(J::Object(
+            o.iter()
+                .filter_map(|(k, v)| {
+                    let p = if path.is_empty() {
+                        key(k)
+                    } else {
+                        format!("{path}.{}", key(k))
+                    };
+                    without_nulls(v, &p, dropped).map(|v| (k.clone(), v))
+                })
+                .collect(),
+        )),
+        J::Array(a) => Some(J::Array(
+            a.iter()
+                .enumerate()
+                .filter_map(|(i, v)| without_nulls(v, &format!("{path}[{i}]"), dropped))
+                .collect(),
+        )),
+        other => Some(other.clone()),
     }
 }
 
@@ -189,6 +251,25 @@ fn key(k: &str) -> String {
 
 fn quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// `text` as it may stand in a TOML comment, which refuses control
+/// characters other than tab (the YAML loader lets them through): each is
+/// written as `\u{..}`, so the comment still says what was there.
+fn comment_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// The comment lines right above line `line` (1-based), top first.
@@ -271,5 +352,48 @@ mod tests {
         let c = parse_str("edge.toml", &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let user = c.rules.rules.iter().find(|r| r.name.is_none()).unwrap();
         assert_eq!(user.replaces, vec!["first".to_string()]);
+    }
+
+    /// TOML refuses control characters in a comment; the YAML loader
+    /// lets them through, and the importer copied them, so its TOML did
+    /// not load (found by the `ratelimit_yaml` fuzz target).
+    #[test]
+    fn a_control_character_in_a_comment_is_escaped() {
+        let yaml = "# Edge\u{f}limits\u{7f}.\ndomain: edge\ndescriptors:\n  - key: tenant # per\u{1b}tenant\n    rate_limit:\n      unit: minute\n      requests_per_unit: 10\n";
+        let toml = yaml_to_toml("ed\nge.yaml", yaml).unwrap();
+        assert!(toml.contains("# Edge\\u{f}limits\\u{7f}."), "{toml}");
+        assert!(toml.contains("# per\\u{1b}tenant"), "{toml}");
+        assert!(toml.contains("from ed\\u{a}ge.yaml by"), "{toml}");
+        let c = parse_str("edge.toml", &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert_eq!(c.rules.rules.len(), 1);
+    }
+
+    /// TOML has no null: a null in the YAML's metadata is left out, with a
+    /// comment naming it, and the rest is kept. Before, the whole metadata
+    /// was dropped without a word (found by the `ratelimit_yaml` fuzz
+    /// target).
+    #[test]
+    fn a_null_in_metadata_is_left_out_with_a_comment() {
+        let yaml = "domain: edge\ndescriptors:\n  - key: tenant\n    rate_limit:\n      unit: minute\n      requests_per_unit: 10\n    metadata:\n      team: core\n      owner:\n      tier: {level :2 t, tags: [x, ~, z]}\n  - key: user\n    rate_limit:\n      unit: minute\n      requests_per_unit: 5\n    metadata:\n      gone: null\n";
+        let toml = yaml_to_toml("edge.yaml", yaml).unwrap();
+        for path in ["owner", "tier.\"level :2 t\"", "tier.tags[1]", "gone"] {
+            assert!(
+                toml.contains(&format!("# metadata {path}: null in the YAML")),
+                "{path}\n{toml}"
+            );
+        }
+        let c = parse_str("edge.toml", &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let tenant = c
+            .rules
+            .rules
+            .iter()
+            .find(|r| r.pattern[0].key() == "tenant");
+        let meta = tenant.and_then(|r| r.metadata.as_deref()).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(meta.clone()),
+            serde_json::json!({"team": "core", "tier": {"tags": ["x", "z"]}})
+        );
+        let user = c.rules.rules.iter().find(|r| r.pattern[0].key() == "user");
+        assert_eq!(user.and_then(|r| r.metadata.as_deref()), None, "{toml}");
     }
 }
