@@ -8,15 +8,15 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tollgate::config::{parse_str, Config};
 use tollgate::engine::{
-    Admitted, Ask, Clock, Engine, Finished, Outcome, Rejection, ResponseEnd, SettledBy, OTHER_MODEL,
+    Admitted, Clock, Engine, Finished, Outcome, Rejection, ResponseEnd, SettledBy, OTHER_MODEL,
 };
 use tollgate::metrics::Metrics;
-use tollgate::rules::{Identity, Tokens};
+use tollgate::rules::Tokens;
 use tollgate::store::MemoryStore;
-use tollgate_filters::Endpoint;
+
+mod chat;
 
 const START_MS: u64 = 1_800_000_000_000 + 10_000;
 
@@ -89,30 +89,16 @@ impl Harness {
         body: serde_json::Value,
         deadline: Duration,
     ) -> (Outcome, Vec<Duration>) {
-        let body = serde_json::to_vec(&body).unwrap();
         let mut announced = Vec::new();
-        let cancel = CancellationToken::new();
-        let outcome = self
-            .engine
-            .admission
-            .admit(
-                Ask {
-                    llm: &self.config.llm,
-                    marketplace: &self.config.marketplace,
-                    identity: Identity {
-                        tenant: Some(tenant.into()),
-                        route: "/v1/chat/completions".into(),
-                        ..Default::default()
-                    },
-                    endpoint: Endpoint::ChatCompletions,
-                    body: &body,
-                    complete: true,
-                    deadline: Instant::now() + deadline,
-                    cancel: &cancel,
-                },
-                |wait| announced.push(wait),
-            )
-            .await;
+        let outcome = chat::admit(
+            &self.engine,
+            &self.config,
+            tenant,
+            &body,
+            Instant::now() + deadline,
+            |wait| announced.push(wait),
+        )
+        .await;
         (outcome, announced)
     }
 

@@ -11,16 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tollgate::config::{parse_str, Config};
 use tollgate::engine::{
-    Ask, Clock, Engine, Outcome, Rejection, Remaining, Reservation, Reserved, Settlement,
+    Clock, Engine, Outcome, Rejection, Remaining, Reservation, Reserved, Settlement,
 };
 use tollgate::metrics::Metrics;
 use tollgate::rules::{Identity, Tokens};
 use tollgate::store::{MemoryStore, Store};
-use tollgate_filters::Endpoint;
 
+mod chat;
 mod common;
 
 /// 2027-01-15T12:00:00Z, a Friday: an ordinary day well inside its month.
@@ -364,38 +363,14 @@ async fn an_unpriced_model_under_a_money_quota_is_refused_not_free() {
     let config = parse_str("money.toml", CONFIG).unwrap();
     let engine = Engine::new(Arc::new(MemoryStore::new()), Arc::new(Metrics::default()))
         .with_clock(Clock::tokio(JAN_15_2027_NOON));
-    let cancel = CancellationToken::new();
     let ask = |tenant: &'static str, model: &'static str| {
-        let body = serde_json::to_vec(&serde_json::json!({
+        let body = serde_json::json!({
             "model": model, "max_tokens": 10,
             "messages": [{"role": "user", "content": "hi"}],
-        }))
-        .unwrap();
-        let engine = &engine;
-        let config = &config;
-        let cancel = &cancel;
-        async move {
-            engine
-                .admission
-                .admit(
-                    Ask {
-                        llm: &config.llm,
-                        marketplace: &config.marketplace,
-                        identity: Identity {
-                            tenant: Some(tenant.into()),
-                            route: "/v1/chat/completions".into(),
-                            ..Default::default()
-                        },
-                        endpoint: Endpoint::ChatCompletions,
-                        body: &body,
-                        complete: true,
-                        deadline: Instant::now() + Duration::from_secs(5),
-                        cancel,
-                    },
-                    |_| {},
-                )
-                .await
-        }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (engine, config) = (&engine, &config);
+        async move { chat::admit(engine, config, tenant, &body, deadline, |_| {}).await }
     };
     match ask("team-a", "mystery-model").await {
         Outcome::Rejected(Rejection::Unpriced { quota, .. }) => assert_eq!(quota, "team-a"),

@@ -10,14 +10,14 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tollgate::config::{parse_str, Config};
-use tollgate::engine::{Admitted, Ask, Engine, Finished, Outcome, ResponseEnd};
+use tollgate::engine::{Admitted, Engine, Finished, Outcome, ResponseEnd};
 use tollgate::metrics::Metrics;
-use tollgate::rules::{Identity, Tokens};
+use tollgate::rules::Tokens;
 use tollgate::store::RedisStore;
-use tollgate_filters::Endpoint;
 use tollgate_testkit::RedisServer;
+
+mod chat;
 
 const CONFIG: &str = r#"
 [llm]
@@ -37,32 +37,10 @@ tokens_per_day = 100000
 "#;
 
 async fn ask(engine: &Engine, config: &Config) -> Outcome {
-    let body = serde_json::to_vec(
-        &json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .unwrap();
-    let cancel = CancellationToken::new();
-    engine
-        .admission
-        .admit(
-            Ask {
-                llm: &config.llm,
-                marketplace: &config.marketplace,
-                identity: Identity {
-                    tenant: Some("t".into()),
-                    route: "/v1/chat/completions".into(),
-                    ..Default::default()
-                },
-                endpoint: Endpoint::ChatCompletions,
-                body: &body,
-                complete: true,
-                // No waiting: a slot still held answers over budget at once.
-                deadline: Instant::now(),
-                cancel: &cancel,
-            },
-            |_| {},
-        )
-        .await
+    let body =
+        json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    // No waiting: a slot still held answers over budget at once.
+    chat::admit(engine, config, "t", &body, Instant::now(), |_| {}).await
 }
 
 fn admitted(o: Outcome) -> Box<Admitted> {

@@ -8,13 +8,13 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tollgate::config::{parse_str, Config};
-use tollgate::engine::{Admitted, Ask, Clock, Engine, Finished, Outcome, ResponseEnd, SettledBy};
+use tollgate::engine::{Admitted, Clock, Engine, Finished, Outcome, ResponseEnd, SettledBy};
 use tollgate::metrics::Metrics;
-use tollgate::rules::{Identity, Tokens};
+use tollgate::rules::Tokens;
 use tollgate::store::MemoryStore;
-use tollgate_filters::Endpoint;
+
+mod chat;
 
 const CONFIG: &str = r#"
 [llm]
@@ -46,29 +46,8 @@ impl Harness {
     }
 
     async fn admit(&self, body: serde_json::Value) -> Box<Admitted> {
-        let body = serde_json::to_vec(&body).unwrap();
-        let cancel = CancellationToken::new();
-        let outcome = self
-            .engine
-            .admission
-            .admit(
-                Ask {
-                    llm: &self.config.llm,
-                    marketplace: &self.config.marketplace,
-                    identity: Identity {
-                        tenant: Some("t".into()),
-                        route: "/v1/chat/completions".into(),
-                        ..Default::default()
-                    },
-                    endpoint: Endpoint::ChatCompletions,
-                    body: &body,
-                    complete: true,
-                    deadline: Instant::now() + Duration::from_secs(10),
-                    cancel: &cancel,
-                },
-                |_| {},
-            )
-            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let outcome = chat::admit(&self.engine, &self.config, "t", &body, deadline, |_| {}).await;
         match outcome {
             Outcome::Admitted(a) => a,
             other => panic!("not admitted: {other:?}"),
