@@ -64,6 +64,12 @@ fn one(text: &str) {
             located(&import_errors, &files, &HashMap::new());
             return;
         }
+        // The one refusal of the importer's own: a name given to two
+        // limits, which the YAML allows and tollgate's TOML does not.
+        (Ok(_), Err(e)) if e.0.iter().all(|e| e.field == "rate_limit.name") => {
+            located(&e, &files, &HashMap::new());
+            return;
+        }
         (Ok(_), Err(e)) => panic!("loaded, but the import refused it: {e}"),
         (Err(e), Ok(_)) => panic!("imported, but the loader refused it: {e}"),
     };

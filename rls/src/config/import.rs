@@ -8,9 +8,9 @@
 
 use super::error::Source;
 use super::ratelimit_yaml;
-use super::ConfigErrors;
+use super::{ConfigError, ConfigErrors};
 use crate::rules::{Rule, Zone};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 /// Converts one YAML file (`name` for messages and the header); the TOML
@@ -23,6 +23,10 @@ pub fn yaml_to_toml(name: &str, text: &str) -> Result<String, ConfigErrors> {
         Some(d) if errors.is_empty() => d,
         _ => return Err(ConfigErrors(errors)),
     };
+    let duplicates = duplicate_names(&domain.rules);
+    if !duplicates.is_empty() {
+        return Err(ConfigErrors(duplicates));
+    }
     let lines: Vec<&str> = text.lines().collect();
     let mut out = String::new();
     let _ = writeln!(
@@ -221,6 +225,32 @@ fn without_nulls(
     }
 }
 
+/// The YAML loader lets two limits share a `name`; tollgate's
+/// TOML refuses it, since `replaces` and the metrics name one rule by it.
+/// The importer cannot choose which one keeps the name, so it says so
+/// (at the second one) instead of writing TOML that does not load.
+fn duplicate_names(rules: &[Rule]) -> Vec<ConfigError> {
+    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for r in rules {
+        let Some(n) = r.name.as_deref() else { continue };
+        match first.get(n) {
+            Some(at) => errors.push(ConfigError::at(
+                &r.source,
+                "rate_limit.name",
+                format!(
+                    "`{n}` also names the limit at {at}: tollgate's TOML needs each name once \
+                     (`replaces` and the metrics refer to it); rename one, then import"
+                ),
+            )),
+            None => {
+                first.insert(n, &r.source);
+            }
+        }
+    }
+    errors
+}
+
 /// A TOML value on one line (inline tables and arrays).
 fn inline(v: &toml::Value) -> String {
     match v {
@@ -352,6 +382,34 @@ mod tests {
         let c = parse_str("edge.toml", &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let user = c.rules.rules.iter().find(|r| r.name.is_none()).unwrap();
         assert_eq!(user.replaces, vec!["first".to_string()]);
+    }
+
+    /// Two YAML limits may share a name; the TOML would be refused for it,
+    /// so the import is refused, naming both places (found by the
+    /// `ratelimit_yaml` fuzz target: the importer wrote TOML that did not
+    /// load).
+    #[test]
+    fn a_name_given_twice_is_refused_with_both_places() {
+        let yaml = "domain: edge\ndescriptors:\n  - key: tenant\n    rate_limit:\n      name: per-tenant\n      unit: minute\n      requests_per_unit: 10\n  - key: user\n    rate_limit:\n      name: per-tenant\n      unit: minute\n      requests_per_unit: 5\n";
+        assert!(
+            crate::config::parse_files(
+                &[("edge.yaml".into(), yaml.into())],
+                &crate::config::PeerEnv::default()
+            )
+            .is_ok(),
+            "the YAML loader accepts it"
+        );
+        let errors = yaml_to_toml("edge.yaml", yaml).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].file.as_str(), errors[0].line), ("edge.yaml", 8));
+        assert_eq!(errors[0].field, "rate_limit.name");
+        assert!(
+            errors[0]
+                .message
+                .contains("also names the limit at edge.yaml:3"),
+            "{}",
+            errors[0].message
+        );
     }
 
     /// TOML refuses control characters in a comment; the YAML loader
