@@ -347,7 +347,11 @@ fn tollgate_ready_file_and_signals() {
     let fake = dir.join("fake-tollgate.sh");
     std::fs::write(
         &fake,
-        "#!/bin/sh\n# serve --config FILE --ready-file READY\n\
+        // `env --default-signal`: sh cannot trap a signal that was ignored
+        // when it started (POSIX), and a runner started with `nohup`
+        // passes SIGHUP on ignored; tollgate itself installs its handler
+        // whatever it inherits.
+        "#!/usr/bin/env -S --default-signal=HUP /bin/sh\n# serve --config FILE --ready-file READY\n\
          trap 'echo got HUP' HUP\n\
          printf '{\"grpc\":\"127.0.0.1:1111\",\"admin\":\"127.0.0.1:2222\"}' > \"$5.tmp\"\n\
          mv \"$5.tmp\" \"$5\"\n\
@@ -371,9 +375,7 @@ fn tollgate_ready_file_and_signals() {
         .contains("memory"));
     // The fake waits for its sleep with the `wait` builtin, which a
     // trapped signal interrupts at once (a foreground `sleep` defers the
-    // trap until it ends). One CI run under load (2026-12-02) did not see
-    // "got HUP" within 5 s with a foreground sleep, for a reason not found
-    // (30 runs here then passed); the log is now in the message.
+    // trap until it ends).
     t.signal(Signal::SIGHUP);
     let start = std::time::Instant::now();
     while !t.log_text().contains("got HUP") {
