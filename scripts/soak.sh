@@ -19,8 +19,9 @@
 #   * ext_proc JSON: 10 req/s, tenant soak-json;
 #   * ext_proc SSE: 13 req/s over 13 connections, tenant soak-sse;
 #   * ext_proc SSE, aborting: 2 connections (10% of the 20 LLM clients)
-#     that hang up after the first streamed bytes, 2 req/s, tenant
-#     soak-abort.
+#     that hang up after the first streamed bytes, 2 req/s, each stream
+#     its own tenant soak-abort-N (N = connection × 7919 + the stream's
+#     number on it), so a stream charged otherwise is found, and when.
 # Every 30 s it samples tollgate's RSS and CPU (/proc), its log lines since
 # the last sample, Redis restarts so far and Envoy's answers by class.
 # At the end (load stopped, 5 s to settle) it checks, and exits non-zero if
@@ -32,7 +33,9 @@
 #     per JSON or SSE answer read to the end, and per aborted stream what
 #     a single aborted stream charged in a calibration before the load
 #     (on_abort = charge_streamed: the prompt estimate + the streamed
-#     bytes / 4; the mock's 300 ms between events makes that one event);
+#     bytes / 4; the mock's 300 ms between events makes that one event;
+#     the aborting tenants' counters are read from Redis, and the report
+#     lists each aborted stream charged otherwise);
 #     a request whose reservation is still unsettled at the end (a slot
 #     still held) counts at what it still reserves, its estimate;
 #   * the store agrees with tollgate: the counters' sum equals tollgate's
@@ -195,7 +198,9 @@ for k in q["keys"]:
                 slots += c["used"]
 print(used, reserved, slots)' "$1"
 }
-used_tokens() { curl -sf "$admin/quotas?quota=soak" | tenant_figures "$1" | cut -d' ' -f1; }
+# /quotas lists a quota's 20 busiest keys: ask for the one tenant.
+tenant_quotas() { curl -sfG --data-urlencode "tenant=$1" "$admin/quotas?quota=soak"; }
+used_tokens() { tenant_quotas "$1" | tenant_figures "$1" | cut -d' ' -f1; }
 
 # Calibration: what one aborted stream is charged.
 "$load" http --json --rate 1 --duration 1s --warmup 0s --concurrency 1 \
@@ -217,7 +222,9 @@ start_load json --url "$llm_url" --body "$json_body" --rate 10 --concurrency 5 \
   -H "x-tenant: soak-json"
 start_load sse --url "$llm_url" --body "$sse_body" --rate 13 --concurrency 13 \
   -H "x-tenant: soak-sse" -H "x-mock-chunks: 5" -H "x-mock-chunk-delay-ms: 20"
-start_load abort --rate 2 --concurrency 2 "${abort_args[@]}" -H "x-tenant: soak-abort"
+start_load abort --rate 2 --concurrency 2 "${abort_args[@]}" \
+  --tenant-header x-tenant --tenant-prefix soak-abort- --tenants 1000000000
+load_start=$(date +%s)
 
 # --- samples ------------------------------------------------------------------
 hz=$(getconf CLK_TCK)
@@ -279,7 +286,9 @@ check() { # check NAME OK(0/1) DETAIL
 }
 : >"$work/checks.md"
 
-curl -sf "$admin/quotas?quota=soak" >"$work/quotas-end.json"
+# The 1,000 busiest keys (the most /quotas lists); Redis is read below for
+# every record and slot set.
+curl -sf "$admin/quotas?quota=soak&top=1000" >"$work/quotas-end.json"
 curl -sf "$admin/metrics" >"$work/metrics-end.txt"
 slots=$(python3 -c '
 import json, sys
@@ -302,11 +311,51 @@ done
 check "leaked slots" "$([ "$slots_held" = 0 ] && [ "$in_flight" = 0 ] && [ "$reserved_left" = 0 ] && [ "$records" = 0 ] && [ "$slot_members" = 0 ] && echo 1)" \
   "/quotas: concurrency slots held $slots_held, reservations in flight $in_flight, tokens still reserved $reserved_left; Redis: $records reservation records, $slot_members slot set members"
 
+# The aborting streams' tenants, one each: more than /quotas lists, so
+# read from Redis: each token counter (a count, reservations included)
+# and each slot set's size.
+rcli --scan --pattern 'tg:{*}:t*:soak-abort-*' >"$work/abort-token-keys"
+xargs -r -n 500 redis-cli -p "$redis_port" mget <"$work/abort-token-keys" >"$work/abort-token-counts"
+: >"$work/abort-slots"
+for k in $(rcli --scan --pattern 'tg:{*}:c:soak-abort-*'); do
+  echo "$k $(rcli zcard "$k")" >>"$work/abort-slots"
+done
+# "used reserved held" as tenant_figures gives them (an unsettled stream
+# counts at what it holds), then each settled stream charged other than
+# the calibration: its tenant, its charge and about when it ran
+# (connection c's k-th stream is tenant c × 7919 + k, one a second per
+# connection from the load's start).
+abort_figures=$(python3 -c '
+import sys, time
+keys, counts, slots, charge, start = sys.argv[1:6]
+charge, start = int(charge), int(start)
+def tenant(key):
+    return next(s for s in key.split(":") if s.startswith("soak-abort-"))
+held = {}
+for line in open(slots):
+    k, n = line.split()
+    held[tenant(k)] = held.get(tenant(k), 0) + int(n)
+used = {}
+for k, c in zip(open(keys).read().split(), open(counts).read().split()):
+    used[tenant(k)] = used.get(tenant(k), 0) + int(c)
+unsettled = sum(u for t, u in used.items() if held.get(t))
+odd = sorted((start + int(t[len("soak-abort-"):]) % 7919, t, u)
+             for t, u in used.items() if not held.get(t) and u != charge)
+print(sum(used.values()), unsettled, sum(held.values()))
+print("; ".join("{} charged {} at about {}".format(t, u, time.strftime("%H:%M:%S", time.gmtime(at)))
+                for at, t, u in odd) or "none")' \
+  "$work/abort-token-keys" "$work/abort-token-counts" "$work/abort-slots" "$abort_charge" "$load_start")
+odd_aborts=$(sed -n 2p <<<"$abort_figures")
+
 budget_rows="" budget_ok=1
 sum_used=$(used_tokens soak-calib)
 for t in json sse abort; do
   ok=$(field "$t" ok); aborted=$(field "$t" aborted)
-  read -r used reserved held < <(tenant_figures "soak-$t" <"$work/quotas-end.json")
+  if [ "$t" = abort ]; then
+    read -r used reserved held <<<"$(head -n 1 <<<"$abort_figures")"
+  else
+    read -r used reserved held < <(tenant_quotas "soak-$t" | tenant_figures "soak-$t")
+  fi
   # A request whose settle failed (Redis restarting) was counted by the
   # client but still holds its estimate and slot: it is charged what is
   # reserved instead (the aborting tenant's are aborted streams).
@@ -354,6 +403,8 @@ rss_col() { awk -v row="$1" 'NR > 1 { r[NR - 1] = $2 } END { n = NR - 1; i = (ro
   echo "tollgate RSS: start $(rss_col start) MiB, middle $(rss_col middle) MiB, end $(rss_col end) MiB; CPU $(cpu_s) s in all."
   echo "Redis restarts: $restarts (SHUTDOWN SAVE + start on the same port and directory; ms down each: $(cut -d' ' -f3 "$restart_log" | tr '\n' ' '))."
   echo "Settlements: $settlements. Store errors: ${store_errors:-none}."
+  echo "Aborted streams charged other than the calibrated $abort_charge: $odd_aborts."
+  echo "Redis restarts at (UTC): $(cut -d' ' -f2 "$restart_log" | tr '\n' ' ')"
   echo
   echo "| load | rate/s | connections | requests | ok | denied | errors | aborted | p50 ms | p99 ms |"
   echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"

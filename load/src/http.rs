@@ -43,6 +43,11 @@ pub struct HttpArgs {
     pub tenant_header: Option<String>,
     #[arg(long, default_value_t = 1000)]
     pub tenants: u64,
+    /// The tenants' names are this and a number (`t0`, `t1`, ...). With
+    /// more tenants than requests, connection `c`'s `k`-th request names
+    /// tenant `c × 7919 + k`: a count that names one request.
+    #[arg(long, default_value = "t")]
+    pub tenant_prefix: String,
     /// Also measure the time to the first byte of each answer's body.
     #[arg(long)]
     pub first_byte: bool,
@@ -68,7 +73,10 @@ struct Template {
     body: Bytes,
     headers: Vec<(HeaderName, HeaderValue)>,
     tenant_header: Option<HeaderName>,
-    tenants: Vec<HeaderValue>,
+    /// The tenants' names: the prefix (checked to make a header value)
+    /// and how many numbers follow it.
+    tenant_prefix: String,
+    tenants: u64,
     first_byte: bool,
 }
 
@@ -100,9 +108,8 @@ impl Template {
             headers.push((name.trim().parse()?, HeaderValue::from_str(value.trim())?));
         }
         let tenant_header = args.tenant_header.as_deref().map(str::parse).transpose()?;
-        let tenants = (0..args.tenants.max(1))
-            .map(|i| HeaderValue::from_str(&format!("t{i}")))
-            .collect::<Result<_, _>>()?;
+        HeaderValue::from_str(&args.tenant_prefix)
+            .with_context(|| format!("--tenant-prefix {:?}", args.tenant_prefix))?;
         Ok(Template {
             addr,
             uri,
@@ -110,7 +117,8 @@ impl Template {
             body,
             headers,
             tenant_header,
-            tenants,
+            tenant_prefix: args.tenant_prefix.clone(),
+            tenants: args.tenants.max(1),
             first_byte: args.first_byte,
         })
     }
@@ -124,8 +132,11 @@ impl Template {
             h.insert(k.clone(), v.clone());
         }
         if let Some(name) = &self.tenant_header {
-            let i = (n % self.tenants.len() as u64) as usize;
-            h.insert(name.clone(), self.tenants[i].clone());
+            let tenant = format!("{}{}", self.tenant_prefix, n % self.tenants);
+            // The prefix makes a header value and digits follow it.
+            if let Ok(v) = HeaderValue::from_str(&tenant) {
+                h.insert(name.clone(), v);
+            }
         }
         req
     }
@@ -308,6 +319,7 @@ mod tests {
             headers: vec![],
             tenant_header: None,
             tenants: 1,
+            tenant_prefix: "t".into(),
             first_byte: false,
             abort_fraction: 1.0,
         };

@@ -8,9 +8,10 @@
 
 use super::error::Source;
 use super::ratelimit_yaml;
+use super::validate_domains::repeated_names;
 use super::{ConfigError, ConfigErrors};
 use crate::rules::{Rule, Zone};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 /// Converts one YAML file (`name` for messages and the header); the TOML
@@ -23,9 +24,9 @@ pub fn yaml_to_toml(name: &str, text: &str) -> Result<String, ConfigErrors> {
         Some(d) if errors.is_empty() => d,
         _ => return Err(ConfigErrors(errors)),
     };
-    let duplicates = duplicate_names(&domain.rules);
-    if !duplicates.is_empty() {
-        return Err(ConfigErrors(duplicates));
+    let refused = refusals(&domain, name);
+    if !refused.is_empty() {
+        return Err(ConfigErrors(refused));
     }
     let lines: Vec<&str> = text.lines().collect();
     let mut out = String::new();
@@ -161,16 +162,17 @@ fn write_rule(out: &mut String, rule: &Rule, domain: &str, names: &BTreeSet<&str
         let _ = writeln!(out, "share_threshold = [{}]", shared.join(", "));
     }
     if let Some(m) = &rule.metadata {
-        metadata(out, m);
+        metadata(out, serde_json::Value::Object((**m).clone()));
     }
 }
 
 /// A rule's `metadata` line. TOML has no null, so a null the YAML gives
 /// (`key:` with no value, `~`, `null`) is left out, and a comment names
-/// each one left out: the peer returns it as a null in dynamic metadata.
-fn metadata(out: &mut String, m: &serde_json::Map<String, serde_json::Value>) {
+/// each one left out (what the peer sends Envoy for a null is not checked:
+/// docs/migrating.md).
+fn metadata(out: &mut String, m: serde_json::Value) {
     let mut dropped = Vec::new();
-    let kept = without_nulls(&serde_json::Value::Object(m.clone()), "", &mut dropped);
+    let kept = without_nulls(m, "", &mut dropped);
     for path in &dropped {
         let _ = writeln!(
             out,
@@ -193,7 +195,7 @@ fn metadata(out: &mut String, m: &serde_json::Map<String, serde_json::Value>) {
 /// `v` with every null taken out of its mappings and lists (`None` if `v`
 /// is null); `dropped` gets the TOML path of each, as `a.b[2]`.
 fn without_nulls(
-    v: &serde_json::Value,
+    v: serde_json::Value,
     path: &str,
     dropped: &mut Vec<String>,
 ) -> Option<serde_json::Value> {
@@ -204,49 +206,89 @@ fn without_nulls(
             None
         }
         J::Object(o) => Some(J::Object(
-            o.iter()
+            o.into_iter()
                 .filter_map(|(k, v)| {
                     let p = if path.is_empty() {
-                        key(k)
+                        key(&k)
                     } else {
-                        format!("{path}.{}", key(k))
+                        format!("{path}.{}", key(&k))
                     };
-                    without_nulls(v, &p, dropped).map(|v| (k.clone(), v))
+                    without_nulls(v, &p, dropped).map(|v| (k, v))
                 })
                 .collect(),
         )),
         J::Array(a) => Some(J::Array(
-            a.iter()
+            a.into_iter()
                 .enumerate()
                 .filter_map(|(i, v)| without_nulls(v, &format!("{path}[{i}]"), dropped))
                 .collect(),
         )),
-        other => Some(other.clone()),
+        other => Some(other),
     }
 }
 
-/// The YAML loader lets two limits share a `name`; tollgate's
-/// TOML refuses it, since `replaces` and the metrics name one rule by it.
-/// The importer cannot choose which one keeps the name, so it says so
-/// (at the second one) instead of writing TOML that does not load.
-fn duplicate_names(rules: &[Rule]) -> Vec<ConfigError> {
-    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+/// What the YAML loader takes and tollgate's TOML cannot say, so the
+/// importer refuses it (naming where) instead of writing TOML that does
+/// not load or that answers otherwise:
+/// * a name given to two limits: `replaces` and the metrics name one rule
+///   by it, and the importer cannot choose which one keeps it;
+/// * a domain or a name with whitespace at an end: the TOML loader trims
+///   both, the peer compares them byte for byte;
+/// * a descriptor key holding `=`: a TOML `match` entry is `key=value`.
+fn refusals(domain: &ratelimit_yaml::YamlDomain, file: &str) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    for r in rules {
-        let Some(n) = r.name.as_deref() else { continue };
-        match first.get(n) {
-            Some(at) => errors.push(ConfigError::at(
+    if domain.domain.trim() != domain.domain {
+        errors.push(ConfigError {
+            file: file.to_string(),
+            line: domain.line,
+            field: "domain".into(),
+            message: format!(
+                "{:?}: whitespace at an end, which tollgate's TOML trims (the peer keeps it); \
+                 remove it, then import",
+                domain.domain
+            ),
+        });
+    }
+    for r in &domain.rules {
+        if let Some(n) = r.name.as_deref().filter(|n| n.trim() != *n) {
+            errors.push(ConfigError::at(
                 &r.source,
                 "rate_limit.name",
                 format!(
-                    "`{n}` also names the limit at {at}: tollgate's TOML needs each name once \
-                     (`replaces` and the metrics refer to it); rename one, then import"
+                    "{:?}: whitespace at an end, which tollgate's TOML trims (the peer keeps \
+                     it); remove it, then import",
+                    n
                 ),
-            )),
-            None => {
-                first.insert(n, &r.source);
-            }
+            ));
         }
+        // Each node is a rule: its own key is the last of its path.
+        if let Some(k) = r
+            .pattern
+            .last()
+            .map(|p| p.key())
+            .filter(|k| k.contains('='))
+        {
+            errors.push(ConfigError::at(
+                &r.source,
+                "key",
+                format!(
+                    "{:?}: a key holding `=` cannot be written in a TOML `match` entry \
+                     (`key=value`); rename it here and in Envoy's descriptors, then import",
+                    k
+                ),
+            ));
+        }
+    }
+    for (n, r, first) in repeated_names(&domain.rules) {
+        errors.push(ConfigError::at(
+            &r.source,
+            "rate_limit.name",
+            format!(
+                "`{n}` also names the limit at {}: tollgate's TOML needs each name once \
+                 (`replaces` and the metrics refer to it); rename one, then import",
+                first.source
+            ),
+        ));
     }
     errors
 }
@@ -287,12 +329,13 @@ fn quoted(s: &str) -> String {
 /// characters other than tab (the YAML loader lets them through): each is
 /// written as `\u{..}`, so the comment still says what was there.
 fn comment_text(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
+    let escaped = |c: char| c.is_control() && c != '\t';
+    if !text.chars().any(escaped) {
         return text.into();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() && c != '\t' {
+            if escaped(c) {
                 format!("\\u{{{:x}}}", u32::from(c))
             } else {
                 c.to_string()
@@ -409,6 +452,52 @@ mod tests {
                 .contains("also names the limit at edge.yaml:3"),
             "{}",
             errors[0].message
+        );
+    }
+
+    /// The three refusals below were found by the `ratelimit_yaml` fuzz
+    /// target: each imported as TOML that loads but answers otherwise.
+    fn refused(yaml: &str) -> Vec<ConfigError> {
+        assert!(
+            crate::config::parse_str("edge.yaml", yaml).is_ok(),
+            "the YAML loader accepts it"
+        );
+        yaml_to_toml("edge.yaml", yaml).unwrap_err().0
+    }
+
+    /// A folded `domain: >` ends in a newline; the peer keeps it, the TOML
+    /// loader trims it, so the rules moved to another domain.
+    #[test]
+    fn a_domain_with_whitespace_at_an_end_is_refused() {
+        let e = refused("domain: >\r  edge\ndescriptors:\n  - key: a\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].line, e[0].field.as_str()), (1, "domain"));
+        assert!(
+            e[0].message.contains(r#""edge\n": whitespace at an end"#),
+            "{}",
+            e[0].message
+        );
+    }
+
+    /// The TOML loader trims a name too, and the answer named another rule.
+    #[test]
+    fn a_name_with_whitespace_at_an_end_is_refused() {
+        let e = refused("domain: edge\ndescriptors:\n  - key: a\n    rate_limit:\n      name: \" n\"\n      unit: second\n      requests_per_unit: 1\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].line, e[0].field.as_str()), (3, "rate_limit.name"));
+    }
+
+    /// `key: pat=` was written as `match = ["pat==/v1"]`, which TOML reads
+    /// as key `pat` and value `=/v1`.
+    #[test]
+    fn a_key_holding_an_equals_sign_is_refused() {
+        let e = refused("domain: edge\ndescriptors:\n  - key: path\n    descriptors:\n      - key: pat=\n        value: /v1\n        rate_limit: {unit: second, requests_per_unit: 1}\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].line, e[0].field.as_str()), (5, "key"));
+        assert!(
+            e[0].message.contains(r#""pat=": a key holding `=`"#),
+            "{}",
+            e[0].message
         );
     }
 

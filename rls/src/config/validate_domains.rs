@@ -9,7 +9,7 @@ use super::suggest;
 use super::validate::path_text;
 use super::ConfigError;
 use crate::rules::{DomainMode, Rule, RuleSet};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Adds each envoyproxy/ratelimit YAML file's domain: a domain already
@@ -131,21 +131,35 @@ pub(super) fn check_toml_domains_unmerged(
     }
 }
 
-/// Names are what `replaces` and metrics refer to: they must be unique and
-/// every replaced name must exist.
-pub(super) fn check_names(rules: &[Rule], errors: &mut Vec<ConfigError>) {
-    let mut seen = BTreeSet::new();
+/// Each name an earlier rule already has, with the rule that repeats it
+/// and that earlier rule: `replaces` and the metrics refer to a rule by its name, so a name
+/// must be given once (the TOML loader and the importer both say so).
+pub(super) fn repeated_names(rules: &[Rule]) -> Vec<(&str, &Rule, &Rule)> {
+    let mut first: BTreeMap<&str, &Rule> = BTreeMap::new();
+    let mut out = Vec::new();
     for r in rules {
-        if let Some(n) = &r.name {
-            if !seen.insert(n.as_str()) {
-                errors.push(ConfigError::at(
-                    &r.source,
-                    "rule.name",
-                    format!("`{n}` names two rules"),
-                ));
+        let Some(n) = r.name.as_deref() else { continue };
+        match first.get(n) {
+            Some(f) => out.push((n, r, *f)),
+            None => {
+                first.insert(n, r);
             }
         }
     }
+    out
+}
+
+/// Names are what `replaces` and metrics refer to: they must be unique and
+/// every replaced name must exist.
+pub(super) fn check_names(rules: &[Rule], errors: &mut Vec<ConfigError>) {
+    for (n, r, _) in repeated_names(rules) {
+        errors.push(ConfigError::at(
+            &r.source,
+            "rule.name",
+            format!("`{n}` names two rules"),
+        ));
+    }
+    let seen: BTreeSet<&str> = rules.iter().filter_map(|r| r.name.as_deref()).collect();
     for r in rules {
         for n in &r.replaces {
             if !seen.contains(n.as_str()) {

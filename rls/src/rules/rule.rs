@@ -20,6 +20,13 @@ impl RuleId {
         for p in pattern {
             h.update([0]);
             h.update(p.to_string().as_bytes());
+            // `key=value` is ambiguous when the key holds `=` (the peer's
+            // YAML allows it): mark where the key ends. Other ids are
+            // unchanged, so counters keep their keys.
+            if p.key().contains('=') {
+                h.update([1]);
+                h.update(p.key().len().to_string().as_bytes());
+            }
         }
         RuleId(hex::encode(&h.finalize()[..6]))
     }
@@ -61,11 +68,18 @@ impl EntryPattern {
             Some((k, v)) => (k, Some(v)),
             None => (s, None),
         };
+        EntryPattern::of(key, value).ok_or_else(|| format!("`{s}`: empty descriptor key"))
+    }
+
+    /// The pattern of a key and its value (`None`: any value), as the
+    /// peer's YAML gives them apart: its key may hold `=`, which the
+    /// `key=value` text of TOML cannot say. `None` for an empty key.
+    pub fn of(key: &str, value: Option<&str>) -> Option<EntryPattern> {
         if key.is_empty() {
-            return Err(format!("`{s}`: empty descriptor key"));
+            return None;
         }
         let key = key.to_string();
-        Ok(match value {
+        Some(match value {
             None => EntryPattern::AnyValue { key },
             Some(v) => match v.find('*') {
                 None => EntryPattern::Exact {

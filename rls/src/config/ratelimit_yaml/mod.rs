@@ -187,6 +187,7 @@ pub(crate) fn unit_period(unit: &str) -> Option<Period> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::EntryPattern;
 
     fn load(text: &str) -> Result<YamlDomain, Vec<String>> {
         let src = Source::new("t.yaml", text);
@@ -261,6 +262,29 @@ mod tests {
         );
         let e = load("domain: d\ndescriptors:\n  - key: [a\n").unwrap_err();
         assert!(e[0].contains("error loading config file"), "{e:?}");
+    }
+
+    /// The peer's key may hold `=`: `key: pat=` with `value: /v1` is key
+    /// `pat=` and value `/v1`, not key `pat` and value `=/v1` (it was read
+    /// back from `pat==/v1`; found by the `ratelimit_yaml` fuzz target).
+    /// The two paths that print alike keep apart counters.
+    #[test]
+    fn a_key_may_hold_an_equals_sign() {
+        let d = load("domain: d\ndescriptors:\n  - key: pat=\n    value: /v1\n    rate_limit: {unit: second, requests_per_unit: 1}\n  - key: pat\n    value: =/v1\n    rate_limit: {unit: second, requests_per_unit: 2}\n").unwrap();
+        let [a, b] = &d.rules[..] else {
+            panic!("{:?}", d.rules)
+        };
+        assert_eq!(
+            (a.pattern[0].key(), a.pattern[0].value_text().as_deref()),
+            ("pat=", Some("/v1"))
+        );
+        assert_eq!(
+            (b.pattern[0].key(), b.pattern[0].value_text().as_deref()),
+            ("pat", Some("=/v1"))
+        );
+        assert_ne!(a.id, b.id);
+        let d = load("domain: d\ndescriptors:\n  - key: pat=\n").unwrap();
+        assert!(matches!(&d.rules[0].pattern[0], EntryPattern::AnyValue { key } if key == "pat="));
     }
 
     /// A syntax error found at the end of the text names its last line,

@@ -123,12 +123,8 @@ impl Walk<'_, '_> {
             );
             return None;
         }
-        let pattern_text = if d.value.is_empty() {
-            d.key.clone()
-        } else {
-            format!("{}={}", d.key, d.value)
-        };
-        let Ok(pattern) = EntryPattern::parse(&pattern_text) else {
+        let value = Some(d.value.as_str()).filter(|v| !v.is_empty());
+        let Some(pattern) = EntryPattern::of(&d.key, value) else {
             self.error(
                 node.line,
                 &format!("{field}.key"),
