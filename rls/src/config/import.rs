@@ -135,7 +135,7 @@ fn write_rule(out: &mut String, rule: &Rule, domain: &str, names: &BTreeSet<&str
         let _ = writeln!(
             out,
             "# replaces {}: no rule of this file is named so (envoyproxy/ratelimit ignores it)",
-            quoted(n)
+            one_line(n)
         );
     }
     if !known.is_empty() {
@@ -187,7 +187,8 @@ fn metadata(out: &mut String, m: serde_json::Value) {
             let _ = writeln!(out, "metadata = {}", inline(&t));
         }
         Err(e) => {
-            let _ = writeln!(out, "# metadata left out: TOML cannot write it ({e})");
+            let why = comment_text(&e.to_string()).into_owned();
+            let _ = writeln!(out, "# metadata left out: TOML cannot write it ({why})");
         }
     }
 }
@@ -310,6 +311,9 @@ fn inline(v: &toml::Value) -> String {
     }
 }
 
+/// `k` as a TOML key: bare when it can be, else a one-line string (a key
+/// cannot be the multi-line string `quoted` may write for a value; found
+/// by the `ratelimit_yaml` fuzz target).
 fn key(k: &str) -> String {
     if !k.is_empty()
         && k.chars()
@@ -317,12 +321,34 @@ fn key(k: &str) -> String {
     {
         k.to_string()
     } else {
-        quoted(k)
+        one_line(k)
     }
 }
 
+/// `s` as a TOML value, in the form the `toml` crate picks (a literal or
+/// multi-line string where that reads better).
 fn quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// `s` as a TOML basic string on one line, whatever it holds: for keys,
+/// and for text written into a comment (where a newline would end the
+/// comment and start a line of TOML).
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `text` as it may stand in a TOML comment, which refuses control
@@ -498,6 +524,30 @@ mod tests {
             e[0].message.contains(r#""pat=": a key holding `=`"#),
             "{}",
             e[0].message
+        );
+    }
+
+    /// A metadata key holding both kinds of quote was written as a
+    /// multi-line string, which TOML refuses as a key (found by the
+    /// `ratelimit_yaml` fuzz target); and a `replaces` name holding a
+    /// newline would have ended its comment and started a line of TOML.
+    #[test]
+    fn keys_and_comments_stay_on_one_line() {
+        let yaml = "domain: edge\ndescriptors:\n  - key: a\n    rate_limit:\n      unit: second\n      requests_per_unit: 1\n      replaces:\n        - name: \"x\\nshadow = true\"\n    metadata:\n      un'''\"\"\\it: year\n";
+        let toml = yaml_to_toml("edge.yaml", yaml).unwrap();
+        let c =
+            crate::config::parse_str("edge.toml", &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let rule = &c.rules.rules[0];
+        assert!(!rule.shadow, "{toml}");
+        let m = rule.metadata.as_ref().expect("metadata");
+        assert_eq!(
+            m.get("un'''\"\"\\it"),
+            Some(&serde_json::json!("year")),
+            "{toml}"
+        );
+        assert!(
+            toml.contains(r#"# replaces "x\u000Ashadow = true": no rule"#),
+            "{toml}"
         );
     }
 
