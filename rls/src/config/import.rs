@@ -238,29 +238,17 @@ fn without_nulls(
 /// * a descriptor key holding `=`: a TOML `match` entry is `key=value`.
 fn refusals(domain: &ratelimit_yaml::YamlDomain, file: &str) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    if domain.domain.trim() != domain.domain {
+    if let Some(message) = trimmed_by_toml(&domain.domain) {
         errors.push(ConfigError {
             file: file.to_string(),
             line: domain.line,
             field: "domain".into(),
-            message: format!(
-                "{:?}: whitespace at an end, which tollgate's TOML trims (the peer keeps it); \
-                 remove it, then import",
-                domain.domain
-            ),
+            message,
         });
     }
     for r in &domain.rules {
-        if let Some(n) = r.name.as_deref().filter(|n| n.trim() != *n) {
-            errors.push(ConfigError::at(
-                &r.source,
-                "rate_limit.name",
-                format!(
-                    "{:?}: whitespace at an end, which tollgate's TOML trims (the peer keeps \
-                     it); remove it, then import",
-                    n
-                ),
-            ));
+        if let Some(message) = r.name.as_deref().and_then(trimmed_by_toml) {
+            errors.push(ConfigError::at(&r.source, "rate_limit.name", message));
         }
         // Each node is a rule: its own key is the last of its path.
         if let Some(k) = r
@@ -292,6 +280,17 @@ fn refusals(domain: &ratelimit_yaml::YamlDomain, file: &str) -> Vec<ConfigError>
         ));
     }
     errors
+}
+
+/// The refusal of a domain or name with whitespace at an end, which the
+/// TOML loader trims and the peer keeps; `None` for one without.
+fn trimmed_by_toml(s: &str) -> Option<String> {
+    (s.trim() != s).then(|| {
+        format!(
+            "{s:?}: whitespace at an end, which tollgate's TOML trims (the peer keeps it); \
+             remove it, then import"
+        )
+    })
 }
 
 /// A TOML value on one line (inline tables and arrays).

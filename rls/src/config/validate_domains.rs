@@ -132,8 +132,9 @@ pub(super) fn check_toml_domains_unmerged(
 }
 
 /// Each name an earlier rule already has, with the rule that repeats it
-/// and that earlier rule: `replaces` and the metrics refer to a rule by its name, so a name
-/// must be given once (the TOML loader and the importer both say so).
+/// and that earlier rule: `replaces` and the metrics refer to a rule by
+/// its name, so a name must be given once (the TOML loader and the
+/// importer both say so).
 pub(super) fn repeated_names(rules: &[Rule]) -> Vec<(&str, &Rule, &Rule)> {
     let mut first: BTreeMap<&str, &Rule> = BTreeMap::new();
     let mut out = Vec::new();
